@@ -1,0 +1,198 @@
+//! Staleness in words: compare a stage's recipe now with the one it last ran
+//! with, and say which param, input or file changed.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::store::{Db, Recipe};
+
+/// Listing of a tree: relative path -> content hash.
+pub type Listing = BTreeMap<String, String>;
+
+/// Describe why `now` differs from `before`; `listing` finds a tree's file list by digest.
+pub fn explain(
+    before: &Recipe,
+    now: &Recipe,
+    listing: &dyn Fn(&str) -> Option<Listing>,
+) -> Vec<String> {
+    let mut reasons = Vec::new();
+    if before.kind != now.kind {
+        reasons.push(format!("kind changed {} -> {}", before.kind, now.kind));
+    } else if before.version != now.version {
+        reasons.push(format!(
+            "{} stage implementation changed (version {} -> {})",
+            now.kind, before.version, now.version
+        ));
+    }
+    reasons.extend(param_changes(&before.params, &now.params));
+    for (name, key) in &now.inputs {
+        match before.inputs.get(name) {
+            Some(old) if old == key => {}
+            Some(_) => reasons.push(format!("input {name} changed")),
+            None => reasons.push(format!("input {name} added")),
+        }
+    }
+    for name in before
+        .inputs
+        .keys()
+        .filter(|n| !now.inputs.contains_key(*n))
+    {
+        reasons.push(format!("input {name} removed"));
+    }
+    for (path, digest) in &now.files {
+        match before.files.get(path) {
+            Some(old) if old == digest => {}
+            Some(old) => reasons.push(file_changes(path, listing(old), listing(digest))),
+            None => reasons.push(format!("dep {path} added")),
+        }
+    }
+    for path in before.files.keys().filter(|p| !now.files.contains_key(*p)) {
+        reasons.push(format!("dep {path} removed"));
+    }
+    reasons
+}
+
+fn param_changes(before: &Value, now: &Value) -> Vec<String> {
+    let (mut old, mut new) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", before, &mut old);
+    flatten("", now, &mut new);
+    let mut out = Vec::new();
+    for (path, value) in &new {
+        match old.get(path) {
+            Some(prev) if prev == value => {}
+            Some(prev) => out.push(format!(
+                "param {path} changed {} -> {}",
+                show(prev),
+                show(value)
+            )),
+            None => out.push(format!("param {path} set to {}", show(value))),
+        }
+    }
+    for (path, value) in &old {
+        if !new.contains_key(path) {
+            out.push(format!("param {path} removed (was {})", show(value)));
+        }
+    }
+    out
+}
+
+/// Dotted paths to leaves; arrays are leaves (a changed list reads best whole).
+fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, Value>) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&path, v, out);
+            }
+        }
+        _ if prefix.is_empty() => {}
+        _ => {
+            out.insert(prefix.to_string(), value.clone());
+        }
+    }
+}
+
+fn show(value: &Value) -> String {
+    let text = value.to_string();
+    if text.chars().count() > 60 {
+        format!("{}…", text.chars().take(57).collect::<String>())
+    } else {
+        text
+    }
+}
+
+fn file_changes(path: &str, before: Option<Listing>, now: Option<Listing>) -> String {
+    let (Some(before), Some(now)) = (before, now) else {
+        return format!("files under {path} changed");
+    };
+    if before.len() == 1 && now.len() == 1 && before.contains_key("") && now.contains_key("") {
+        return format!("file {path} changed");
+    }
+    let modified = now
+        .iter()
+        .filter(|(p, h)| before.get(*p).is_some_and(|old| old != *h))
+        .count();
+    let added = now.keys().filter(|p| !before.contains_key(*p)).count();
+    let removed = before.keys().filter(|p| !now.contains_key(*p)).count();
+    let total = modified + added + removed;
+    let mut parts = Vec::new();
+    for (n, what) in [
+        (modified, "modified"),
+        (added, "added"),
+        (removed, "removed"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    let noun = if total == 1 { "file" } else { "files" };
+    format!("{total} {noun} changed under {path} ({})", parts.join(", "))
+}
+
+/// Look a tree listing up in the database.
+pub fn db_listing(db: &Db, digest: &str) -> Option<Listing> {
+    let text = db.tree(digest).ok()??;
+    let pairs: Vec<(String, String)> = serde_json::from_str(&text).ok()?;
+    Some(pairs.into_iter().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn recipe(params: Value) -> Recipe {
+        Recipe {
+            kind: "cmd".into(),
+            version: 1,
+            params,
+            inputs: BTreeMap::new(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn names_changed_params_by_dotted_path() {
+        let before = recipe(json!({"lora": {"r": 8, "alpha": 16}, "lr": 0.001}));
+        let now = recipe(json!({"lora": {"r": 16, "alpha": 16}, "seed": 1}));
+        let reasons = explain(&before, &now, &|_| None);
+        assert_eq!(
+            reasons,
+            vec![
+                "param lora.r changed 8 -> 16".to_string(),
+                "param seed set to 1".to_string(),
+                "param lr removed (was 0.001)".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn counts_changed_files_under_a_dep() {
+        let mut before = recipe(json!({}));
+        before.files.insert("src".into(), "d1".into());
+        let mut now = before.clone();
+        now.files.insert("src".into(), "d2".into());
+        let listing = |d: &str| -> Option<Listing> {
+            let pairs: &[(&str, &str)] = match d {
+                "d1" => &[("a", "1"), ("b", "2"), ("c", "3")],
+                _ => &[("a", "1"), ("b", "9"), ("d", "4")],
+            };
+            Some(
+                pairs
+                    .iter()
+                    .map(|(p, h)| (p.to_string(), h.to_string()))
+                    .collect(),
+            )
+        };
+        let reasons = explain(&before, &now, &listing);
+        assert_eq!(
+            reasons,
+            vec!["3 files changed under src (1 modified, 1 added, 1 removed)"]
+        );
+    }
+}

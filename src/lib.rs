@@ -1,0 +1,13 @@
+//! xtr-pipe: a declarative experiment-pipeline runner. A TOML file describes a DAG
+//! of stages; each stage's output is stored under the blake3 hash of everything
+//! that determines it, so a run recomputes only what changed.
+//!
+//! Modules, each with one concern: [`pipeline`] (the TOML schema and DAG),
+//! [`store`] (content-addressed artifacts, history), [`exec`] (planning and
+//! scheduling), [`stages`] (the built-in stage kinds), [`cli`] (the commands).
+
+pub mod cli;
+pub mod exec;
+pub mod pipeline;
+pub mod stages;
+pub mod store;

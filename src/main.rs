@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    xtr_pipe::cli::main()
+}

@@ -1,0 +1,134 @@
+//! `cmd`: run a shell command and cache its output directory. The runner's
+//! general-purpose stage, and the way tests exercise the store.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::{Cancelled, Kind, Stage, StageContext};
+use crate::pipeline::{ConfigError, StageSpec};
+
+pub const KIND: Kind = Kind {
+    name: "cmd",
+    version: 1,
+    summary: "run a shell command; outputs go to $XTR_OUT",
+    configure,
+};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CmdParams {
+    /// Run with `sh -c` in the pipeline file's directory.
+    cmd: String,
+    /// Files or directories whose contents enter the key.
+    #[serde(default)]
+    deps: Vec<String>,
+    /// Free-form values for the command; they enter the key.
+    #[serde(default)]
+    params: BTreeMap<String, serde_json::Value>,
+}
+
+struct CmdStage {
+    params: CmdParams,
+}
+
+fn configure(spec: &StageSpec) -> Result<Box<dyn Stage>, ConfigError> {
+    let params: CmdParams = super::decode(spec)?;
+    if params.cmd.trim().is_empty() {
+        let origin = spec.params.origin_at(&["cmd".to_string()]);
+        return Err(ConfigError::new(
+            Some(origin),
+            format!("stage `{}`: `cmd` is empty", spec.name),
+        ));
+    }
+    Ok(Box::new(CmdStage { params }))
+}
+
+/// `XTR_IN_<NAME>` / `XTR_PARAM_<NAME>`: upper-cased, anything but [A-Z0-9_] -> `_`.
+pub fn env_name(prefix: &str, name: &str) -> String {
+    let tail: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{prefix}{tail}")
+}
+
+impl Stage for CmdStage {
+    fn params(&self) -> serde_json::Value {
+        serde_json::to_value(&self.params).unwrap_or_default()
+    }
+
+    fn deps(&self) -> Vec<String> {
+        self.params.deps.clone()
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<()> {
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(&self.params.cmd)
+            .current_dir(ctx.pipeline_dir)
+            .env("XTR_OUT", &ctx.out_dir)
+            .env("XTR_STAGE", ctx.stage)
+            .env("XTR_PARAMS", serde_json::to_string(&self.params.params)?)
+            .stdin(Stdio::null())
+            .stdout(ctx.log.try_clone()?)
+            .stderr(ctx.log.try_clone()?)
+            // Own process group: we forward cancellation to the whole tree.
+            .process_group(0);
+        for (name, dir) in &ctx.inputs {
+            command.env(env_name("XTR_IN_", name), dir);
+        }
+        for (name, value) in &self.params.params {
+            let text = match value {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(_) | serde_json::Value::Bool(_) => value.to_string(),
+                _ => continue,
+            };
+            command.env(env_name("XTR_PARAM_", name), text);
+        }
+        let mut child = command.spawn().context("cannot start `sh`")?;
+        let pgid = child.id() as i32;
+        let mut killed_at: Option<Instant> = None;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                if killed_at.is_some() {
+                    return Err(Cancelled.into());
+                }
+                if !status.success() {
+                    match status.code() {
+                        Some(code) => bail!("command exited with status {code}"),
+                        None => bail!("command was killed by a signal ({status})"),
+                    }
+                }
+                return Ok(());
+            }
+            if ctx.cancel.load(Ordering::SeqCst) {
+                match killed_at {
+                    None => {
+                        // SAFETY: kill(2) on our child's process group; no memory involved.
+                        unsafe { libc::kill(-pgid, libc::SIGTERM) };
+                        killed_at = Some(Instant::now());
+                    }
+                    Some(t) if t.elapsed() > Duration::from_secs(5) => {
+                        // SAFETY: as above.
+                        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                    }
+                    Some(_) => {}
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
