@@ -152,7 +152,7 @@ pub fn plan(pipeline: &Pipeline, ws: &mut Workspace, opts: &RunOptions) -> Resul
                 .into());
             }
             let tree = ws.hasher.tree(&path)?;
-            if ws.db.tree(&tree.digest)?.is_none() {
+            if !ws.db.has_tree(&tree.digest)? {
                 ws.db.store_tree(
                     &tree.digest,
                     &serde_json::to_string(&tree.files).context("encoding a tree")?,

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
@@ -42,6 +43,7 @@ pub struct Hasher {
     cache: HashMap<String, (FileStamp, [u8; 32])>,
     fresh: Vec<(String, FileStamp, [u8; 32])>,
     trees: HashMap<PathBuf, Tree>,
+    walked: Mutex<HashMap<PathBuf, Arc<Vec<Entry>>>>,
     exclude: Vec<PathBuf>,
     pub stats: HashStats,
 }
@@ -66,6 +68,7 @@ impl Hasher {
             cache: HashMap::new(),
             fresh: Vec::new(),
             trees: HashMap::new(),
+            walked: Mutex::new(HashMap::new()),
             exclude,
             stats: HashStats::default(),
         }
@@ -94,12 +97,11 @@ impl Hasher {
         }
         let meta =
             std::fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
-        let mut entries = Vec::new();
-        if meta.is_dir() {
-            walk(root, root, &self.exclude, &mut entries)?;
+        let mut entries = if meta.is_dir() {
+            walk(root, &self.exclude, &self.walked)?.as_ref().clone()
         } else {
-            entries.push((String::new(), root.to_path_buf(), meta));
-        }
+            vec![(String::new(), root.to_path_buf(), meta)]
+        };
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let paths: Vec<(PathBuf, std::fs::Metadata)> = entries
             .iter()
@@ -199,23 +201,33 @@ pub fn hex(bytes: &[u8; 32]) -> String {
     blake3::Hash::from_bytes(*bytes).to_hex().to_string()
 }
 
-/// Collect regular files under `dir` (symlinks to files are followed, symlinked
-/// directories are not, so a link loop cannot trap the walk).
+/// One regular file found by a walk: path relative to the walked directory, and its stat.
+type Entry = (String, PathBuf, std::fs::Metadata);
+
+/// Regular files under `dir`, memoised per directory so overlapping deps (a
+/// directory and its parent) stat each file once; subdirectories are walked in
+/// parallel (a no-op run is mostly `stat` calls). Symlinks to files are followed,
+/// symlinked directories are not, so a link loop cannot trap the walk.
 fn walk(
-    root: &Path,
     dir: &Path,
     exclude: &[PathBuf],
-    out: &mut Vec<(String, PathBuf, std::fs::Metadata)>,
-) -> Result<()> {
+    memo: &Mutex<HashMap<PathBuf, Arc<Vec<Entry>>>>,
+) -> Result<Arc<Vec<Entry>>> {
+    if let Some(found) = memo.lock().ok().and_then(|m| m.get(dir).cloned()) {
+        return Ok(found);
+    }
+    let mut out = Vec::new();
+    let mut subdirs = Vec::new();
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
         let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
         let file_type = entry.file_type()?;
         if file_type.is_dir() {
             if !exclude.iter().any(|e| e == &path) {
-                walk(root, &path, exclude, out)?;
+                subdirs.push((name, path));
             }
             continue;
         }
@@ -230,14 +242,24 @@ fn walk(
         } else {
             continue;
         };
-        let rel = path
-            .strip_prefix(root)
-            .unwrap_or(&path)
-            .to_string_lossy()
-            .into_owned();
-        out.push((rel, path, meta));
+        out.push((name, path, meta));
     }
-    Ok(())
+    let nested: Vec<Arc<Vec<Entry>>> = subdirs
+        .par_iter()
+        .map(|(_, path)| walk(path, exclude, memo))
+        .collect::<Result<_>>()?;
+    for ((name, _), entries) in subdirs.iter().zip(nested) {
+        out.extend(
+            entries
+                .iter()
+                .map(|(rel, p, m)| (format!("{name}/{rel}"), p.clone(), m.clone())),
+        );
+    }
+    let out = Arc::new(out);
+    if let Ok(mut m) = memo.lock() {
+        m.insert(dir.to_path_buf(), Arc::clone(&out));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
