@@ -79,6 +79,8 @@ pub struct PlannedStage {
     pub reason: String,
     /// Problem found with an existing artifact under this key.
     pub corrupt: Option<String>,
+    /// The artifact's manifest, when a valid one exists for this key.
+    pub manifest: Option<Box<Manifest>>,
     pub forced: bool,
 }
 
@@ -179,6 +181,10 @@ pub fn plan(pipeline: &Pipeline, ws: &mut Workspace, opts: &RunOptions) -> Resul
         let state = ws.store.check(&key, &mut ws.hasher, opts.verify)?;
         let forced = opts.force.contains(&spec.name) || from_set.contains(&i);
         let mut corrupt = None;
+        let manifest = match &state {
+            ArtifactState::Valid(m) => Some(m.clone()),
+            _ => None,
+        };
         let (action, reason) = if !selected.contains(&i) {
             (Action::Skip, "not selected".to_string())
         } else if forced {
@@ -209,6 +215,7 @@ pub fn plan(pipeline: &Pipeline, ws: &mut Workspace, opts: &RunOptions) -> Resul
             action,
             reason,
             corrupt,
+            manifest,
             forced,
         });
     }
@@ -351,7 +358,8 @@ pub fn execute(
 
     std::thread::scope(|scope| -> Result<()> {
         loop {
-            // Settle every stage whose fate is known without running it.
+            // Settle every stage whose fate is known without running it (one transaction).
+            ws.db.begin()?;
             for &i in &plan.order {
                 if results[i].is_some() || launched[i] {
                     continue;
@@ -394,6 +402,7 @@ pub fn execute(
                     results[i] = Some(r);
                 }
             }
+            ws.db.commit()?;
             // Launch what is ready.
             for &i in &plan.order {
                 if running >= jobs || cancel.load(Ordering::SeqCst) {

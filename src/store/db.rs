@@ -161,6 +161,17 @@ impl Db {
             .optional()?)
     }
 
+    /// Group the following writes into one transaction, until [`Db::commit`].
+    pub fn begin(&self) -> Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    pub fn commit(&self) -> Result<()> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
     pub fn begin_run(&self, pipeline: &str, name: &str, started: f64) -> Result<i64> {
         self.conn.execute(
             "INSERT INTO runs(pipeline, name, pid, started, status) VALUES (?1, ?2, ?3, ?4, 'running')",
