@@ -1,4 +1,6 @@
 #!/usr/bin/env bash
-# Installs what building xtr-pipe needs beyond cargo. Idempotent; safe to rerun.
+# Installs what building xtr-pipe needs beyond cargo: OpenBLAS and the pinned MLX
+# wheel (see scripts/install-mlx.sh). Idempotent; CI runs it first.
 set -euo pipefail
-echo "setup: nothing beyond the Rust toolchain is needed yet"
+cd "$(dirname "$0")/.."
+bash scripts/install-mlx.sh

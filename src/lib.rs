@@ -4,10 +4,12 @@
 //!
 //! Modules, each with one concern: [`pipeline`] (the TOML schema and DAG),
 //! [`store`] (content-addressed artifacts, history), [`exec`] (planning and
-//! scheduling), [`stages`] (the built-in stage kinds), [`cli`] (the commands).
+//! scheduling), [`stages`] (the built-in stage kinds), [`mlx`] (our binding over
+//! MLX's C++ API), [`cli`] (the commands).
 
 pub mod cli;
 pub mod exec;
+pub mod mlx;
 pub mod pipeline;
 pub mod stages;
 pub mod store;

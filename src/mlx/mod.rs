@@ -1,0 +1,38 @@
+//! A thin safe binding over MLX's C++ API (arrays, ops, autodiff, compile,
+//! eval), built by `build.rs` against the pinned MLX wheel.
+//!
+//! The API is shaped like the `mlx-rs` crate's (names and argument order) so
+//! that switching to it, once it builds off Apple targets, is mostly a change
+//! of `use` lines. The deliberate differences: every fallible call returns
+//! `Result` (mlx-rs panics in `item` / `as_slice`), and arguments that mlx-rs
+//! makes optional through generic `Into<Option<_>>` are plain `Option`s.
+//!
+//! Graphs are lazy: ops build a graph and nothing runs until [`eval`] (or a
+//! copy-out such as [`Array::to_vec`]) forces it.
+
+mod array;
+mod device;
+mod dtype;
+mod error;
+pub mod fast;
+mod ffi;
+pub mod io;
+pub mod ops;
+pub mod random;
+pub mod transforms;
+
+pub use array::{Array, ArrayElement};
+pub use device::{gpu_is_available, synchronize, Device, DeviceType};
+pub use dtype::Dtype;
+pub use error::{Exception, Result};
+pub use transforms::{compile, eval, value_and_grad, value_and_grad_argnums, Compiled};
+
+/// Which shared library provides the `cblas_sgemm` that MLX calls (the first
+/// definition in the process's global symbol lookup). On Linux this should be
+/// libopenblas; the wheel's bundled reference BLAS is ~35x slower.
+pub fn blas_sgemm_library() -> Result<String> {
+    Ok(ffi::sys::blas_sgemm_library()?)
+}
+
+#[cfg(test)]
+mod tests;
