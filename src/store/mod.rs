@@ -288,6 +288,7 @@ impl Store {
                 if !dry_run {
                     std::fs::remove_dir_all(entry.path())
                         .with_context(|| format!("cannot remove {}", entry.path().display()))?;
+                    let _ = std::fs::remove_file(self.root.join(".locks").join(format!("{name}.lock")));
                 }
             } else if ArtifactKey::parse(&name).is_some() {
                 report.kept += 1;
