@@ -13,3 +13,4 @@ pub mod mlx;
 pub mod pipeline;
 pub mod stages;
 pub mod store;
+pub mod train;

@@ -283,12 +283,13 @@ impl Store {
                 None => false,
             };
             if doomed {
-                report.removed.push(name);
+                report.removed.push(name.clone());
                 report.bytes += dir_size(&entry.path());
                 if !dry_run {
                     std::fs::remove_dir_all(entry.path())
                         .with_context(|| format!("cannot remove {}", entry.path().display()))?;
-                    let _ = std::fs::remove_file(self.root.join(".locks").join(format!("{name}.lock")));
+                    let _ =
+                        std::fs::remove_file(self.root.join(".locks").join(format!("{name}.lock")));
                 }
             } else if ArtifactKey::parse(&name).is_some() {
                 report.kept += 1;
