@@ -58,6 +58,74 @@ enum Command {
     Gc(GcArgs),
     /// List the built-in stage kinds.
     Kinds(JsonFlag),
+    /// Print each text's per-token embeddings from a model directory.
+    Embed(EmbedArgs),
+    /// Benchmarks (release builds only give meaningful figures).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time the LoRA train step (MaxSim InfoNCE + margin, AdamW) on synthetic ids.
+    TrainStep(TrainStepArgs),
+}
+
+/// Where MLX computes.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Gpu,
+    /// The GPU when MLX has one, else the CPU.
+    Auto,
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    /// An HF-layout model directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// Truncate each text to this many tokens (special tokens included).
+    #[arg(long, default_value_t = 512)]
+    max_len: usize,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    /// The texts to embed.
+    #[arg(required = true)]
+    texts: Vec<String>,
+    #[command(flatten)]
+    json: JsonFlag,
+}
+
+#[derive(Args)]
+struct TrainStepArgs {
+    /// A model directory, or `t5-base-random` (a random T5 v1.1-base encoder + 128-dim head).
+    #[arg(long)]
+    model: String,
+    #[arg(long, default_value_t = 12)]
+    batch: i32,
+    /// Query length in tokens.
+    #[arg(long, default_value_t = 32)]
+    qlen: i32,
+    /// Document length in tokens.
+    #[arg(long, default_value_t = 128)]
+    dlen: i32,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    /// Compute dtype (only f32 for now).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    dtype: String,
+    /// Dropout in the encoder (its configured rate) [default: on for t5-base-random, off otherwise].
+    #[arg(long)]
+    dropout: Option<bool>,
+    #[command(flatten)]
+    json: JsonFlag,
 }
 
 #[derive(Args)]
@@ -154,6 +222,12 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+impl From<crate::mlx::Exception> for Failure {
+    fn from(e: crate::mlx::Exception) -> Self {
+        Failure::Other(e.into())
+    }
+}
+
 impl From<PlanError> for Failure {
     fn from(e: PlanError) -> Self {
         match e {
@@ -172,6 +246,8 @@ pub fn main() -> ExitCode {
         Command::Show(args) => cmd_show(args),
         Command::Gc(args) => cmd_gc(args),
         Command::Kinds(args) => cmd_kinds(args),
+        Command::Embed(args) => cmd_embed(args),
+        Command::Bench(BenchCommand::TrainStep(args)) => cmd_bench_train_step(args),
     };
     match result {
         Ok(code) => code,
@@ -493,6 +569,107 @@ fn cmd_kinds(args: JsonFlag) -> Result<ExitCode, Failure> {
         for k in crate::stages::KINDS {
             println!("{:<10} v{}  {}", k.name, k.version, k.summary);
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Make `device` MLX's default; `gpu` without one is an error naming the fix.
+fn select_device(device: DeviceArg) -> Result<()> {
+    use crate::mlx::{gpu_is_available, Device};
+    let gpu = gpu_is_available()?;
+    let chosen = match device {
+        DeviceArg::Cpu => Device::cpu(),
+        DeviceArg::Gpu if !gpu => anyhow::bail!(
+            "--device gpu: this MLX build has no GPU (the mlx-cpu wheel); install mlx-cuda-13 \
+             (Linux + NVIDIA) or mlx-metal (macOS) of the same version, or use --device cpu"
+        ),
+        DeviceArg::Gpu => Device::gpu(),
+        DeviceArg::Auto if gpu => Device::gpu(),
+        DeviceArg::Auto => Device::cpu(),
+    };
+    Device::set_default(&chosen)?;
+    Ok(())
+}
+
+fn cmd_embed(args: EmbedArgs) -> Result<ExitCode, Failure> {
+    select_device(args.device)?;
+    let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
+    let out = crate::model::embed(&args.model, &texts, args.max_len)?;
+    if args.json.json {
+        let items = out
+            .iter()
+            .zip(&texts)
+            .map(|((tokens, vecs), text)| -> Result<serde_json::Value> {
+                let dim = vecs.shape().get(1).copied().unwrap_or(0) as usize;
+                let flat = vecs.to_vec::<f32>()?;
+                let rows: Vec<&[f32]> = if dim == 0 { Vec::new() } else { flat.chunks(dim).collect() };
+                Ok(json!({"text": text, "tokens": tokens, "shape": vecs.shape(), "embeddings": rows}))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        print_json(&json!({"schema": 1, "model": args.model, "texts": items}))?;
+    } else {
+        for ((tokens, vecs), text) in out.iter().zip(&texts) {
+            println!(
+                "{text:?}: {} tokens x {} dims",
+                tokens.len(),
+                vecs.shape().get(1).unwrap_or(&0)
+            );
+            let first = vecs.to_vec::<f32>()?;
+            let dim = vecs.shape().get(1).copied().unwrap_or(0) as usize;
+            for (i, token) in tokens.iter().enumerate() {
+                let head: Vec<String> = first[i * dim..(i * dim + 4.min(dim))]
+                    .iter()
+                    .map(|v| format!("{v:+.4}"))
+                    .collect();
+                println!("  {token:<16} [{} ...]", head.join(", "));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_bench_train_step(args: TrainStepArgs) -> Result<ExitCode, Failure> {
+    select_device(args.device)?;
+    if args.dtype != "f32" {
+        return Err(
+            ConfigError::new(None, "--dtype bf16 is not implemented yet; use --dtype f32").into(),
+        );
+    }
+    let opts = crate::train::bench::BenchOptions {
+        dropout: args
+            .dropout
+            .unwrap_or(args.model == crate::train::bench::T5_BASE_RANDOM),
+        model: args.model,
+        batch: args.batch,
+        qlen: args.qlen,
+        dlen: args.dlen,
+        steps: args.steps,
+        warmup: args.warmup,
+    };
+    if !args.json.json {
+        eprintln!(
+            "timing {} train steps of {} (batch {}, q {} / d {} tokens) ...",
+            opts.steps, opts.model, opts.batch, opts.qlen, opts.dlen
+        );
+    }
+    let report = crate::train::bench::run(&opts)?;
+    if args.json.json {
+        print_json(&report)?;
+    } else {
+        println!(
+            "{}: {:.2} samples/s ({:.3} s/step, median of {}), on {} {}, loss {:.4}",
+            report.model,
+            report.samples_per_s,
+            report.step_seconds,
+            report.steps,
+            report.device,
+            report.dtype,
+            report.final_loss
+        );
+        println!(
+            "  phases per step: forward+backward {:.3} s, optimizer {:.3} s; {} trainable params",
+            report.phases.forward_backward, report.phases.optimizer, report.trainable_params
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

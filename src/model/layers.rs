@@ -1,0 +1,235 @@
+//! The building blocks both encoders share: a dense `Linear` layer, the
+//! activations HF configs name, dropout driven by an explicit PRNG key, and
+//! multi-head attention over `[batch, heads, seq, dim]` tensors.
+
+use std::cell::RefCell;
+
+use anyhow::{bail, Context, Result};
+
+use crate::mlx::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
+use crate::mlx::{ops, random, Array, Dtype};
+
+/// The large negative number added to attention scores at masked keys
+/// (HF uses `finfo(dtype).min`; any value whose `exp` underflows to 0 gives
+/// the same softmax, and this one cannot overflow when added to a bias).
+pub const MASK_NEG: f32 = -1e9;
+
+/// `y = x Wᵀ + b`, with `weight` shaped `[out, in]` as in PyTorch.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Array,
+    pub bias: Option<Array>,
+}
+
+impl Linear {
+    /// A layer from its weight and optional bias.
+    pub fn new(weight: Array, bias: Option<Array>) -> Linear {
+        Linear { weight, bias }
+    }
+
+    /// PyTorch's `nn.Linear` default init (uniform in ±1/sqrt(in)), for
+    /// layers trained from scratch.
+    pub fn random(in_dim: i32, out_dim: i32, bias: bool, key: &Array) -> Result<Linear> {
+        let bound = 1.0 / (in_dim as f32).sqrt();
+        let (k_w, k_b) = random::split2(key)?;
+        let weight = random::uniform::<f32, f32>(-bound, bound, &[out_dim, in_dim], &k_w)?;
+        let bias = if bias {
+            Some(random::uniform::<f32, f32>(
+                -bound,
+                bound,
+                &[out_dim],
+                &k_b,
+            )?)
+        } else {
+            None
+        };
+        Ok(Linear { weight, bias })
+    }
+
+    /// Input features.
+    pub fn in_dim(&self) -> i32 {
+        self.weight.dim(1).unwrap_or(0)
+    }
+
+    /// Output features.
+    pub fn out_dim(&self) -> i32 {
+        self.weight.dim(0).unwrap_or(0)
+    }
+
+    /// Applies the layer over the last axis of `x`.
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        let y = ops::matmul(x, self.weight.transpose()?)?;
+        Ok(match &self.bias {
+            Some(b) => ops::add(&y, b)?,
+            None => y,
+        })
+    }
+}
+
+/// The activations that appear in HF T5 / BERT configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Relu,
+    /// The exact (erf) GELU: HF's `"gelu"`.
+    Gelu,
+    /// The tanh approximation of GELU: HF's `"gelu_new"` / `"gelu_pytorch_tanh"`.
+    GeluTanh,
+    /// `x * sigmoid(x)`: HF's `"silu"` / `"swish"`.
+    Silu,
+}
+
+impl Activation {
+    /// Parses an HF activation name.
+    pub fn from_hf(name: &str) -> Result<Activation> {
+        Ok(match name {
+            "relu" => Activation::Relu,
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "silu" | "swish" => Activation::Silu,
+            other => {
+                bail!("unsupported activation {other:?} (supported: relu, gelu, gelu_new, silu)")
+            }
+        })
+    }
+
+    /// Applies the activation elementwise.
+    pub fn apply(self, x: &Array) -> Result<Array> {
+        Ok(match self {
+            Activation::Relu => ops::maximum(x, Array::from_f32(0.0).as_dtype(x.dtype())?)?,
+            Activation::Gelu => {
+                let half = scalar(0.5, x.dtype())?;
+                let inner =
+                    ops::erf(x.multiply(scalar(std::f32::consts::FRAC_1_SQRT_2, x.dtype())?)?)?;
+                x.multiply(&half)?
+                    .multiply(inner.add(scalar(1.0, x.dtype())?)?)?
+            }
+            Activation::GeluTanh => {
+                // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+                let dt = x.dtype();
+                let cube = x.multiply(x)?.multiply(x)?;
+                let inner = x
+                    .add(cube.multiply(scalar(0.044_715, dt)?)?)?
+                    .multiply(scalar((2.0 / std::f32::consts::PI).sqrt(), dt)?)?;
+                x.multiply(scalar(0.5, dt)?)?
+                    .multiply(ops::tanh(inner)?.add(scalar(1.0, dt)?)?)?
+            }
+            Activation::Silu => x.multiply(ops::sigmoid(x)?)?,
+        })
+    }
+}
+
+/// A scalar of the given float dtype (keeps half-precision graphs half).
+pub fn scalar(v: f32, dtype: Dtype) -> Result<Array> {
+    Ok(Array::from_f32(v).as_dtype(dtype)?)
+}
+
+/// Whether a forward pass trains (dropout on) and the PRNG key it draws
+/// dropout masks from. Each mask splits the key, so consecutive masks differ.
+pub struct Ctx {
+    pub train: bool,
+    rng: RefCell<Option<Array>>,
+}
+
+impl Ctx {
+    /// Inference: dropout off.
+    pub fn eval() -> Ctx {
+        Ctx {
+            train: false,
+            rng: RefCell::new(None),
+        }
+    }
+
+    /// Training with dropout masks drawn from `key`.
+    pub fn train(key: Array) -> Ctx {
+        Ctx {
+            train: true,
+            rng: RefCell::new(Some(key)),
+        }
+    }
+
+    /// A fresh key (advances the context's own).
+    fn next_key(&self) -> Result<Array> {
+        let mut rng = self.rng.borrow_mut();
+        let current = match rng.take() {
+            Some(k) => k,
+            None => random::key(0)?,
+        };
+        let (next, sub) = random::split2(&current)?;
+        *rng = Some(next);
+        Ok(sub)
+    }
+
+    /// Inverted dropout with drop probability `rate` (identity at inference).
+    pub fn dropout(&self, x: &Array, rate: f32) -> Result<Array> {
+        if !self.train || rate <= 0.0 {
+            return Ok(x.clone());
+        }
+        if rate >= 1.0 {
+            return Ok(ops::zeros_dtype(x.shape(), x.dtype())?);
+        }
+        let keep = random::bernoulli(&Array::from_f32(1.0 - rate), x.shape(), &self.next_key()?)?;
+        let scaled = x.multiply(scalar(1.0 / (1.0 - rate), x.dtype())?)?;
+        Ok(ops::r#where(keep, scaled, scalar(0.0, x.dtype())?)?)
+    }
+}
+
+/// `[batch, seq]` 0/1 mask → `[batch, 1, 1, seq]` additive bias (0 where
+/// attended, [`MASK_NEG`] where masked), in `dtype`.
+pub fn mask_bias(attention_mask: &Array, dtype: Dtype) -> Result<Array> {
+    if attention_mask.ndim() != 2 {
+        bail!(
+            "attention_mask must be [batch, seq], got shape {:?}",
+            attention_mask.shape()
+        );
+    }
+    let keep = ops::ne(attention_mask, Array::from_int(0))?;
+    let bias = ops::r#where(keep, scalar(0.0, dtype)?, scalar(MASK_NEG, dtype)?)?;
+    Ok(ops::expand_dims_axes(bias, &[1, 2])?)
+}
+
+/// `[batch, seq, heads*dim]` → `[batch, heads, seq, dim]`.
+pub fn split_heads(x: &Array, heads: i32) -> Result<Array> {
+    let s = x.shape();
+    let (b, l) = (s[0], s[1]);
+    Ok(x.reshape(&[b, l, heads, -1])?
+        .transpose_axes(&[0, 2, 1, 3])?)
+}
+
+/// `[batch, heads, seq, dim]` → `[batch, seq, heads*dim]`.
+pub fn merge_heads(x: &Array) -> Result<Array> {
+    let s = x.shape();
+    let (b, l) = (s[0], s[2]);
+    Ok(x.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?)
+}
+
+/// `softmax(q kᵀ · scale + bias) v`, with dropout `rate` on the attention
+/// probabilities when training (the fused kernel when it is off).
+pub fn attention(
+    ctx: &Ctx,
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    scale: f32,
+    bias: &Array,
+    rate: f32,
+) -> Result<Array> {
+    if !ctx.train || rate <= 0.0 {
+        return scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            scale,
+            Some(ScaledDotProductAttentionMask::Array(bias)),
+        )
+        .context("attention");
+    }
+    let scores = ops::matmul(q, k.swap_axes(-1, -2)?)?;
+    let scores = if scale != 1.0 {
+        scores.multiply(scalar(scale, scores.dtype())?)?
+    } else {
+        scores
+    };
+    let probs = ops::softmax_axis(scores.add(bias)?, -1, true)?;
+    let probs = ctx.dropout(&probs, rate)?;
+    Ok(ops::matmul(probs, v)?)
+}

@@ -1,0 +1,71 @@
+//! The ML commands through the real binary: `embed` and `bench train-step`.
+
+mod common;
+
+use common::{stderr, Project};
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn bench_train_step_runs_the_lora_step_on_a_tiny_model() {
+    let p = Project::new();
+    for model in ["tiny_bert", "tiny_t5_gated"] {
+        let report = p.json(&[
+            "bench",
+            "train-step",
+            "--model",
+            &fixture(model),
+            "--batch",
+            "3",
+            "--qlen",
+            "4",
+            "--dlen",
+            "6",
+            "--steps",
+            "3",
+            "--warmup",
+            "1",
+        ]);
+        assert!(report["samples_per_s"].as_f64().unwrap() > 0.0, "{report}");
+        assert!(
+            report["final_loss"].as_f64().unwrap().is_finite(),
+            "{report}"
+        );
+        // LoRA r16 on q and v of two layers of width 32: 2 layers x 2 targets x (16x32 + 32x16).
+        assert_eq!(
+            report["trainable_params"],
+            2 * 2 * (16 * 32 + 32 * 16),
+            "{model}"
+        );
+    }
+}
+
+#[test]
+fn gpu_without_a_gpu_is_a_clear_error() {
+    let p = Project::new();
+    let out = p.xtr(&[
+        "bench",
+        "train-step",
+        "--model",
+        &fixture("tiny_bert"),
+        "--device",
+        "gpu",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("this MLX build has no GPU"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_model_dir_without_config_names_the_file() {
+    let p = Project::new();
+    p.file("empty/readme.txt", "nothing here");
+    let out = p.xtr(&["embed", "--model", "empty", "hello"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("config.json"), "{}", stderr(&out));
+}
