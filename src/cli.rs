@@ -118,7 +118,7 @@ struct TrainStepArgs {
     warmup: usize,
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     device: DeviceArg,
-    /// Compute dtype (only f32 for now).
+    /// Compute dtype: f32, or bf16 (frozen weights bf16; LoRA, optimizer state and loss f32).
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     dtype: String,
     /// Dropout in the encoder (its configured rate) [default: on for t5-base-random, off otherwise].
@@ -630,11 +630,11 @@ fn cmd_embed(args: EmbedArgs) -> Result<ExitCode, Failure> {
 
 fn cmd_bench_train_step(args: TrainStepArgs) -> Result<ExitCode, Failure> {
     select_device(args.device)?;
-    if args.dtype != "f32" {
-        return Err(
-            ConfigError::new(None, "--dtype bf16 is not implemented yet; use --dtype f32").into(),
-        );
-    }
+    let dtype = if args.dtype == "bf16" {
+        crate::mlx::Dtype::Bfloat16
+    } else {
+        crate::mlx::Dtype::Float32
+    };
     let opts = crate::train::bench::BenchOptions {
         dropout: args
             .dropout
@@ -645,6 +645,7 @@ fn cmd_bench_train_step(args: TrainStepArgs) -> Result<ExitCode, Failure> {
         dlen: args.dlen,
         steps: args.steps,
         warmup: args.warmup,
+        dtype,
     };
     if !args.json.json {
         eprintln!(

@@ -29,7 +29,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::layers::{Ctx, Linear};
 use super::Encoder;
-use crate::mlx::{io, ops, random, Array};
+use crate::mlx::{io, ops, random, Array, Dtype};
 
 /// `y = x Wᵀ + b + (alpha / r) · dropout(x) Aᵀ Bᵀ` with `W`, `b` frozen.
 #[derive(Debug, Clone)]
@@ -49,16 +49,16 @@ pub struct LoraLinear {
 impl LoraLinear {
     /// Wraps `base` with PEFT's init: `A` uniform in ±1/sqrt(in) (kaiming
     /// uniform with a = sqrt(5)), `B` zero, so the wrapped layer starts out
-    /// equal to the base.
+    /// equal to the base. The adapters are kept in f32 whatever the base's
+    /// dtype (mixed precision: f32 master weights, compute in the input's dtype).
     pub fn new(base: Linear, r: i32, alpha: f32, dropout: f32, key: &Array) -> Result<LoraLinear> {
         if r <= 0 {
             bail!("LoRA rank must be positive, got {r}");
         }
         let (in_dim, out_dim) = (base.in_dim(), base.out_dim());
         let bound = 1.0 / (in_dim as f32).sqrt();
-        let a = random::uniform::<f32, f32>(-bound, bound, &[r, in_dim], key)?
-            .as_dtype(base.weight.dtype())?;
-        let b = ops::zeros_dtype(&[out_dim, r], base.weight.dtype())?;
+        let a = random::uniform::<f32, f32>(-bound, bound, &[r, in_dim], key)?;
+        let b = ops::zeros_dtype(&[out_dim, r], Dtype::Float32)?;
         Ok(LoraLinear {
             base,
             a,
@@ -78,14 +78,16 @@ impl LoraLinear {
     pub fn forward(&self, ctx: &Ctx, x: &Array) -> Result<Array> {
         let y = self.base.forward(x)?;
         let xd = ctx.dropout(x, self.dropout)?;
-        let low = ops::matmul(ops::matmul(&xd, self.a.transpose()?)?, self.b.transpose()?)?;
+        let (a, b) = (self.a.as_dtype(x.dtype())?, self.b.as_dtype(x.dtype())?);
+        let low = ops::matmul(ops::matmul(&xd, a.transpose()?)?, b.transpose()?)?;
         let scale = Array::from_f32(self.scale()).as_dtype(low.dtype())?;
         Ok(y.add(low.multiply(scale)?)?)
     }
 
     /// The plain layer with the update merged: `W + (alpha / r) · B A`.
     pub fn fuse(&self) -> Result<Linear> {
-        let delta = ops::matmul(&self.b, &self.a)?;
+        let dtype = self.base.weight.dtype();
+        let delta = ops::matmul(&self.b, &self.a)?.as_dtype(dtype)?;
         let scale = Array::from_f32(self.scale()).as_dtype(delta.dtype())?;
         let weight = self.base.weight.add(delta.multiply(scale)?)?;
         Ok(Linear::new(weight, self.base.bias.clone()))

@@ -29,8 +29,13 @@ pub fn t5_base_config() -> T5Config {
 }
 
 /// A T5 encoder with random weights (linears ~ N(0, 1/fan_in), embeddings ~ N(0, 1),
-/// norms 1) and a random `d_model -> head_dim` head, seeded.
-pub fn random_t5(config: T5Config, head_dim: i32, seed: u64) -> Result<MultiVectorModel> {
+/// norms 1) and a random `d_model -> head_dim` head, seeded, stored in `dtype`.
+pub fn random_t5(
+    config: T5Config,
+    head_dim: i32,
+    seed: u64,
+    dtype: Dtype,
+) -> Result<MultiVectorModel> {
     let mut key = random::key(seed)?;
     let mut draw = |shape: &[i32], std: f32| -> Result<Array> {
         let (next, sub) = random::split2(&key)?;
@@ -81,10 +86,20 @@ pub fn random_t5(config: T5Config, head_dim: i32, seed: u64) -> Result<MultiVect
         );
     }
     w.insert("encoder.final_layer_norm.weight".into(), ones(d)?);
-    let weights = Weights::from_arrays(w, Dtype::Float32, "<random t5>");
+    let w = w
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.as_dtype(dtype)?)))
+        .collect::<Result<HashMap<_, _>>>()?;
+    let weights = Weights::from_arrays(w, dtype, "<random t5>");
     let encoder = Encoder::T5(T5Encoder::load(config, &weights)?);
     let (_, head_key) = random::split2(&random::key(seed.wrapping_add(1))?)?;
-    let head = Head::random(d, head_dim, &head_key)?;
+    let mut head = Head::random(d, head_dim, &head_key)?;
+    let cast = head
+        .params()
+        .iter()
+        .map(|p| p.as_dtype(dtype))
+        .collect::<Result<Vec<_>, _>>()?;
+    head.set_params(&cast)?;
     Ok(MultiVectorModel { encoder, head })
 }
 
@@ -103,7 +118,7 @@ mod tests {
             num_heads: 4,
             ..t5_base_config()
         };
-        let model = random_t5(config, 8, 3)?;
+        let model = random_t5(config, 8, 3, Dtype::Float32)?;
         let ids = Array::from_slice(&[1i32, 2, 3, 4, 5, 0], &[2, 3])?;
         let mask = Array::from_slice(&[1i32, 1, 1, 1, 1, 0], &[2, 3])?;
         let out = model.forward(&ids, &mask)?.embeddings;

@@ -704,3 +704,40 @@ fn training_dropout_changes_output_and_eval_does_not() -> Result<()> {
     assert!(max_abs_diff(&eval, &train, None)? > 1e-3);
     Ok(())
 }
+
+/// Issue "MLX on NVIDIA GPUs": the encoders on the GPU (f32) agree with the CPU
+/// within 1e-3 and with PyTorch's golden values. Without a GPU there is nothing
+/// to compare: the test says so and passes. It switches MLX's global default
+/// device, so run it alone (`--test-threads 1`; scripts/gpu-check.sh does).
+#[test]
+fn gpu_matches_cpu_on_the_fixtures() -> Result<()> {
+    use crate::mlx::{gpu_is_available, Device};
+    if !gpu_is_available()? {
+        eprintln!("gpu_matches_cpu_on_the_fixtures: no GPU in this MLX build; nothing to compare");
+        return Ok(());
+    }
+    for name in ["tiny_t5_relu", "tiny_t5_gated", "tiny_bert"] {
+        let g = golden(name)?;
+        let (ids, mask) = (tensor(&g, "input_ids")?, tensor(&g, "attention_mask")?);
+        let model = ModelDir::open(fixtures().join(name))?.load_model(&LoadOptions::default())?;
+        Device::set_default(&Device::cpu())?;
+        let cpu = model.forward(ids, mask)?.embeddings;
+        cpu.eval()?;
+        Device::set_default(&Device::gpu())?;
+        let gpu = model.forward(ids, mask)?.embeddings;
+        gpu.eval()?;
+        let hidden = model.encoder.forward(ids, mask)?;
+        Device::set_default(&Device::cpu())?;
+        let d_cpu = max_abs_diff(&gpu, &cpu, None)?;
+        let d_golden = max_abs_diff(&hidden, tensor(&g, "last_hidden_state")?, Some(mask))?;
+        eprintln!(
+            "{name}: gpu vs cpu embeddings {d_cpu:.2e}, gpu vs pytorch hidden {d_golden:.2e}"
+        );
+        assert!(d_cpu < 1e-3, "{name}: GPU and CPU differ by {d_cpu}");
+        assert!(
+            d_golden < 1e-3,
+            "{name}: GPU and PyTorch differ by {d_golden}"
+        );
+    }
+    Ok(())
+}

@@ -27,6 +27,9 @@ pub struct BenchOptions {
     pub warmup: usize,
     /// Dropout in the encoder while training (the model's own rate).
     pub dropout: bool,
+    /// Compute dtype: f32, or bf16 (frozen weights in bf16, LoRA adapters and
+    /// optimizer state in f32, loss in f32).
+    pub dtype: Dtype,
 }
 
 #[derive(Debug, Serialize)]
@@ -48,15 +51,15 @@ pub struct BenchReport {
     pub final_loss: f32,
 }
 
-fn load(model: &str) -> Result<(MultiVectorModel, i32)> {
+fn load(model: &str, dtype: Dtype) -> Result<(MultiVectorModel, i32)> {
     if model == T5_BASE_RANDOM {
         let config = t5_base_config();
         let vocab = config.vocab_size;
-        return Ok((random_t5(config, 128, 0)?, vocab));
+        return Ok((random_t5(config, 128, 0, dtype)?, vocab));
     }
     let dir = ModelDir::open(model).with_context(|| format!("opening model {model}"))?;
     let vocab = dir.vocab_size();
-    Ok((dir.load_model(&LoadOptions::default())?, vocab))
+    Ok((dir.load_model(&LoadOptions { dtype })?, vocab))
 }
 
 fn random_ids(key: &Array, batch: i32, len: i32, vocab: i32) -> Result<(Array, Array)> {
@@ -73,7 +76,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     if opts.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let (model, vocab) = load(&opts.model)?;
+    let (model, vocab) = load(&opts.model, opts.dtype)?;
     let cfg = StepConfig {
         lora: LoraConfig::default(),
         loss: LossConfig::default(),
@@ -111,7 +114,12 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     Ok(BenchReport {
         model: opts.model.clone(),
         device: format!("{:?}", crate::mlx::Device::default_device()?),
-        dtype: "f32".into(),
+        dtype: if opts.dtype == Dtype::Float32 {
+            "f32"
+        } else {
+            "bf16"
+        }
+        .into(),
         batch: opts.batch,
         qlen: opts.qlen,
         dlen: opts.dlen,

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole GPU check, in one command, on a Linux + NVIDIA machine where MLX's CUDA
+# backend is installed (the mlx-cuda-13 wheel of the pinned version; on the lent
+# H100 machine, shared/tools/mlx-cuda-kit.sh's install.sh puts it there):
+#
+#   scripts/gpu-check.sh BIN_DIR [PYTHON]
+#
+# BIN_DIR holds `xtr-pipe` and `xtr-pipe-tests` (the lib test binary), built on a
+# CPU machine against the mlx-cpu wheel of the same version (scripts/build-gpu-kit.sh);
+# they run against the CUDA libmlx through LD_LIBRARY_PATH. PYTHON (default
+# /opt/torch/.venv/bin/python) runs the PyTorch side of the benchmarks.
+set -uo pipefail
+bin=${1:?usage: gpu-check.sh BIN_DIR [PYTHON]}; py=${2:-/opt/torch/.venv/bin/python}
+libdir=${MLX_LIBDIR:-$(cat /root/mlxkit/libdir 2>/dev/null)}
+export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+echo "== libmlx: $(ldd "$bin/xtr-pipe" | grep libmlx)"
+echo "== parity on the GPU"
+"$bin/xtr-pipe-tests" --test-threads 1 gpu_ device_ 2>&1 | tail -15
+echo "== xtr-pipe train step, t5-base-random, f32"
+for b in 12 64 256; do
+  "$bin/xtr-pipe" bench train-step --model t5-base-random --device gpu --batch "$b" --steps 10 --json | tr -d '\n '; echo
+done
+if [ -x "$py" ]; then
+  echo "== PyTorch train step, t5-base-random"
+  for b in 12 64 256; do
+    "$py" scripts/bench_train_step_torch.py --model t5-base-random --device cuda --batch "$b" --steps 10 \
+      --modes eager-f32,compiled-bf16 --json
+  done
+fi
