@@ -15,11 +15,13 @@ libdir=${MLX_LIBDIR:-$(cat /root/mlxkit/libdir 2>/dev/null)}
 export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== libmlx: $(ldd "$bin/xtr-pipe" | grep libmlx)"
-echo "== parity on the GPU"
-"$bin/xtr-pipe-tests" --test-threads 1 gpu_ device_ 2>&1 | tail -15
-echo "== xtr-pipe train step, t5-base-random, f32"
-for b in 12 64 256; do
-  "$bin/xtr-pipe" bench train-step --model t5-base-random --device gpu --batch "$b" --steps 10 --json | tr -d '\n '; echo
+echo "== parity on the GPU (MLX_ENABLE_TF32=0: MLX runs f32 GEMMs as TF32 by default)"
+MLX_ENABLE_TF32=0 "$bin/xtr-pipe-tests" --test-threads 1 --nocapture gpu_ 2>&1 | grep -E "tiny_|test result|panicked"
+for dtype in f32 bf16; do
+  echo "== xtr-pipe train step, t5-base-random, $dtype (MLX default: TF32 for f32 GEMMs)"
+  for b in 12 64 256; do
+    "$bin/xtr-pipe" bench train-step --model t5-base-random --device gpu --batch "$b" --steps 10 --dtype "$dtype" --json | tr -d '\n '; echo
+  done
 done
 if [ -x "$py" ]; then
   echo "== PyTorch train step, t5-base-random"

@@ -27,6 +27,8 @@ pub struct BenchOptions {
     pub warmup: usize,
     /// Dropout in the encoder while training (the model's own rate).
     pub dropout: bool,
+    /// Compile the whole step into one graph.
+    pub compile: bool,
     /// Compute dtype: f32, or bf16 (frozen weights in bf16, LoRA adapters and
     /// optimizer state in f32, loss in f32).
     pub dtype: Dtype,
@@ -42,11 +44,12 @@ pub struct BenchReport {
     pub dlen: i32,
     pub steps: usize,
     pub dropout: bool,
+    pub compiled: bool,
     pub trainable_params: usize,
     /// Median over the timed steps.
     pub step_seconds: f64,
     pub samples_per_s: f64,
-    /// Mean seconds per step in each phase.
+    /// Mean seconds per step in each phase (eager steps only; zero when compiled).
     pub phases: PhaseTimes,
     pub final_loss: f32,
 }
@@ -82,6 +85,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         loss: LossConfig::default(),
         adamw: AdamWConfig::default(),
         train_dropout: opts.dropout,
+        compile: opts.compile,
         seed: 0,
     };
     let mut trainer = Trainer::new(model, cfg)?;
@@ -125,6 +129,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         dlen: opts.dlen,
         steps: opts.steps,
         dropout: opts.dropout,
+        compiled: opts.compile,
         trainable_params: trainer.trainable(),
         step_seconds: median,
         samples_per_s: opts.batch as f64 / median,

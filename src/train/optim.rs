@@ -1,6 +1,9 @@
 //! AdamW with decoupled weight decay, PyTorch's semantics (`torch.optim.AdamW`):
 //! `p -= lr*wd*p; m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2;
 //! p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)`. State stays in f32.
+//!
+//! The per-step scalars (`lr / (1-b1^t)`, `1-b2^t`) are arrays, so one traced
+//! graph serves every step when the update runs inside a compiled function.
 
 use crate::mlx::{ops, Array, Result};
 
@@ -26,11 +29,14 @@ impl Default for AdamWConfig {
     }
 }
 
+/// The scalars of step `t`, as arrays: `[1 - lr*wd, lr / (1-b1^t), 1-b2^t]`.
+pub type StepScalars = [Array; 3];
+
 /// First and second moments per parameter, and the step count.
 pub struct AdamW {
     pub config: AdamWConfig,
-    m: Vec<Array>,
-    v: Vec<Array>,
+    pub(crate) m: Vec<Array>,
+    pub(crate) v: Vec<Array>,
     step: i32,
 }
 
@@ -50,39 +56,65 @@ impl AdamW {
         })
     }
 
-    /// One update; returns the new parameters (lazy: evaluate them with the state).
-    pub fn update(&mut self, params: &[Array], grads: &[Array], lr: f32) -> Result<Vec<Array>> {
+    /// Advance the step count and give its scalars.
+    pub fn next_scalars(&mut self, lr: f32) -> StepScalars {
         self.step += 1;
         let c = self.config;
-        let bias1 = 1.0 - c.beta1.powi(self.step);
-        let bias2 = 1.0 - c.beta2.powi(self.step);
-        let mut out = Vec::with_capacity(params.len());
-        for (i, (p, g)) in params.iter().zip(grads).enumerate() {
-            let m = ops::add(
-                ops::multiply(&self.m[i], Array::from_f32(c.beta1))?,
-                ops::multiply(g, Array::from_f32(1.0 - c.beta1))?,
-            )?;
-            let v = ops::add(
-                ops::multiply(&self.v[i], Array::from_f32(c.beta2))?,
-                ops::multiply(ops::square(g)?, Array::from_f32(1.0 - c.beta2))?,
-            )?;
-            let decayed = ops::multiply(p, Array::from_f32(1.0 - lr * c.weight_decay))?;
-            let denom = ops::add(
-                ops::sqrt(ops::divide(&v, Array::from_f32(bias2))?)?,
-                Array::from_f32(c.eps),
-            )?;
-            let step = ops::divide(ops::multiply(&m, Array::from_f32(lr / bias1))?, denom)?;
-            out.push(ops::subtract(decayed, step)?);
-            self.m[i] = m;
-            self.v[i] = v;
-        }
-        Ok(out)
+        [
+            Array::from_f32(1.0 - lr * c.weight_decay),
+            Array::from_f32(lr / (1.0 - c.beta1.powi(self.step))),
+            Array::from_f32(1.0 - c.beta2.powi(self.step)),
+        ]
+    }
+
+    /// One update; returns the new parameters (lazy: evaluate them with the state).
+    pub fn update(&mut self, params: &[Array], grads: &[Array], lr: f32) -> Result<Vec<Array>> {
+        let scalars = self.next_scalars(lr);
+        let (p, m, v) = apply(&self.config, params, grads, &self.m, &self.v, &scalars)?;
+        self.m = m;
+        self.v = v;
+        Ok(p)
     }
 
     /// The optimizer state, to evaluate together with the parameters.
     pub fn state(&self) -> impl Iterator<Item = &Array> {
         self.m.iter().chain(&self.v)
     }
+}
+
+/// The update as a pure function of parameters, gradients, moments and the step's
+/// scalars: returns the new `(params, m, v)`.
+pub fn apply(
+    c: &AdamWConfig,
+    params: &[Array],
+    grads: &[Array],
+    m: &[Array],
+    v: &[Array],
+    [decay, step_size, bias2]: &StepScalars,
+) -> Result<(Vec<Array>, Vec<Array>, Vec<Array>)> {
+    let n = params.len();
+    let (mut new_p, mut new_m, mut new_v) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for i in 0..n {
+        let g = &grads[i];
+        let mi = ops::add(
+            ops::multiply(&m[i], Array::from_f32(c.beta1))?,
+            ops::multiply(g, Array::from_f32(1.0 - c.beta1))?,
+        )?;
+        let vi = ops::add(
+            ops::multiply(&v[i], Array::from_f32(c.beta2))?,
+            ops::multiply(ops::square(g)?, Array::from_f32(1.0 - c.beta2))?,
+        )?;
+        let denom = ops::add(ops::sqrt(ops::divide(&vi, bias2)?)?, Array::from_f32(c.eps))?;
+        let step = ops::divide(ops::multiply(&mi, step_size)?, denom)?;
+        new_p.push(ops::subtract(ops::multiply(&params[i], decay)?, step)?);
+        new_m.push(mi);
+        new_v.push(vi);
+    }
+    Ok((new_p, new_m, new_v))
 }
 
 #[cfg(test)]
