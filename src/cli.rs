@@ -69,6 +69,28 @@ enum Command {
 enum BenchCommand {
     /// Time the LoRA train step (MaxSim InfoNCE + margin, AdamW) on synthetic ids.
     TrainStep(TrainStepArgs),
+    /// Encoder inference throughput (tokens/s) on synthetic ids.
+    Encode(EncodeBenchArgs),
+}
+
+#[derive(Args)]
+struct EncodeBenchArgs {
+    /// A model directory, or `t5-base-random`.
+    #[arg(long)]
+    model: String,
+    #[arg(long, default_value_t = 32)]
+    batch: i32,
+    /// Tokens per text.
+    #[arg(long, default_value_t = 128)]
+    len: i32,
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+    device: DeviceArg,
+    #[command(flatten)]
+    json: JsonFlag,
 }
 
 /// Where MLX computes.
@@ -251,6 +273,7 @@ pub fn main() -> ExitCode {
         Command::Kinds(args) => cmd_kinds(args),
         Command::Embed(args) => cmd_embed(args),
         Command::Bench(BenchCommand::TrainStep(args)) => cmd_bench_train_step(args),
+        Command::Bench(BenchCommand::Encode(args)) => cmd_bench_encode(args),
     };
     match result {
         Ok(code) => code,
@@ -680,6 +703,26 @@ fn cmd_bench_train_step(args: TrainStepArgs) -> Result<ExitCode, Failure> {
             );
         }
         println!("  {} trainable params", report.trainable_params);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_bench_encode(args: EncodeBenchArgs) -> Result<ExitCode, Failure> {
+    select_device(args.device)?;
+    let r = crate::model::bench::encode_throughput(
+        &args.model,
+        args.batch,
+        args.len,
+        args.steps,
+        args.warmup,
+    )?;
+    if args.json.json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "{}: {:.0} tokens/s ({:.3} s per batch of {} x {} tokens, median of {}) on {}",
+            r.model, r.tokens_per_s, r.step_seconds, r.batch, r.len, r.steps, r.device
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

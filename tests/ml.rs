@@ -69,3 +69,26 @@ fn a_model_dir_without_config_names_the_file() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("config.json"), "{}", stderr(&out));
 }
+
+#[test]
+fn bench_encode_reports_tokens_per_second() {
+    let p = Project::new();
+    let r = p.json(&[
+        "bench",
+        "encode",
+        "--model",
+        &fixture("tiny_t5_relu"),
+        "--batch",
+        "2",
+        "--len",
+        "5",
+        "--steps",
+        "2",
+    ]);
+    assert_eq!((r["batch"].as_i64(), r["len"].as_i64()), (Some(2), Some(5)));
+    let (tps, secs) = (
+        r["tokens_per_s"].as_f64().unwrap(),
+        r["step_seconds"].as_f64().unwrap(),
+    );
+    assert!((tps * secs - 10.0).abs() < 1e-6, "{r}");
+}

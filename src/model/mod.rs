@@ -13,6 +13,7 @@
 //! real keys only); [`MultiVectorModel`] zeroes its embeddings there.
 //! Dropout is off unless a forward pass is given a training [`Ctx`].
 
+pub mod bench;
 pub mod bert;
 pub mod head;
 pub mod layers;

@@ -4,18 +4,17 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::loss::LossConfig;
 use super::optim::AdamWConfig;
 use super::step::{Batch, PhaseTimes, StepConfig, Trainer};
-use crate::mlx::{random, Array, Dtype};
-use crate::model::random::{random_t5, t5_base_config};
-use crate::model::{LoadOptions, LoraConfig, ModelDir, MultiVectorModel};
+use crate::mlx::{random, Dtype};
+use crate::model::bench::{load_for_bench, random_batch};
+use crate::model::LoraConfig;
 
-/// The model name that builds a random t5-base-sized encoder instead of loading a directory.
-pub const T5_BASE_RANDOM: &str = "t5-base-random";
+pub use crate::model::bench::T5_BASE_RANDOM;
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -54,24 +53,6 @@ pub struct BenchReport {
     pub final_loss: f32,
 }
 
-fn load(model: &str, dtype: Dtype) -> Result<(MultiVectorModel, i32)> {
-    if model == T5_BASE_RANDOM {
-        let config = t5_base_config();
-        let vocab = config.vocab_size;
-        return Ok((random_t5(config, 128, 0, dtype)?, vocab));
-    }
-    let dir = ModelDir::open(model).with_context(|| format!("opening model {model}"))?;
-    let vocab = dir.vocab_size();
-    Ok((dir.load_model(&LoadOptions { dtype })?, vocab))
-}
-
-fn random_ids(key: &Array, batch: i32, len: i32, vocab: i32) -> Result<(Array, Array)> {
-    // Ids in [1, vocab): 0 is padding for T5 and BERT alike.
-    let ids = random::uniform::<f32, f32>(1.0, vocab as f32, &[batch, len], key)?
-        .as_dtype(Dtype::Int32)?;
-    Ok((ids, Array::ones::<i32>(&[batch, len])?))
-}
-
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     if opts.batch < 2 {
         bail!("--batch must be at least 2 (in-batch negatives)");
@@ -79,7 +60,7 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     if opts.steps == 0 {
         bail!("--steps must be at least 1");
     }
-    let (model, vocab) = load(&opts.model, opts.dtype)?;
+    let (model, vocab) = load_for_bench(&opts.model, opts.dtype)?;
     let cfg = StepConfig {
         lora: LoraConfig::default(),
         loss: LossConfig::default(),
@@ -90,8 +71,8 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
     };
     let mut trainer = Trainer::new(model, cfg)?;
     let (kq, kd) = random::split2(&random::key(42)?)?;
-    let (query_ids, query_mask) = random_ids(&kq, opts.batch, opts.qlen, vocab)?;
-    let (doc_ids, doc_mask) = random_ids(&kd, opts.batch, opts.dlen, vocab)?;
+    let (query_ids, query_mask) = random_batch(&kq, opts.batch, opts.qlen, vocab)?;
+    let (doc_ids, doc_mask) = random_batch(&kd, opts.batch, opts.dlen, vocab)?;
     let batch = Batch {
         query_ids,
         query_mask,
