@@ -116,8 +116,10 @@ impl Pipeline {
         check_keys(header_table, PIPELINE_KEYS, "in [pipeline]")?;
         let name = required_str(header_table, "name", header)?.to_string();
         let description = optional_str(header_table, "description")?.map(str::to_string);
-        let store = dir.join(optional_str(header_table, "store")?.unwrap_or("artifacts"));
-        let reports = dir.join(optional_str(header_table, "reports")?.unwrap_or("reports"));
+        let store =
+            normalize(&dir.join(optional_str(header_table, "store")?.unwrap_or("artifacts")));
+        let reports =
+            normalize(&dir.join(optional_str(header_table, "reports")?.unwrap_or("reports")));
 
         let empty = BTreeMap::new();
         let stage_tables = match top.get("stage") {
@@ -364,6 +366,24 @@ fn load_template(uses: &Node, dir: &Path) -> Result<Node, ConfigError> {
     Ok(node)
 }
 
+/// `a/b/../c` -> `a/c`, lexically (paths shown to users and recorded in history).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 fn check_keys(
     table: &BTreeMap<String, Node>,
     allowed: &[&str],
@@ -436,6 +456,15 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, text).unwrap();
         path
+    }
+
+    #[test]
+    fn store_paths_are_normalised() {
+        assert_eq!(
+            normalize(Path::new("/a/b/../c/./d")),
+            PathBuf::from("/a/c/d")
+        );
+        assert_eq!(normalize(Path::new("../x")), PathBuf::from("../x"));
     }
 
     #[test]
