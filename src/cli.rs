@@ -499,8 +499,17 @@ fn cmd_show(args: ShowArgs) -> Result<ExitCode, Failure> {
             args.pipeline.display()
         )));
     };
-    let stages: Vec<_> = db
-        .run_stages(run.id)?
+    // Records are stored in completion order; show them in the pipeline's order.
+    let position = |name: &str| {
+        let order = pipeline.dag.topological();
+        pipeline
+            .stage_index(name)
+            .and_then(|i| order.iter().position(|&j| j == i))
+            .unwrap_or(usize::MAX)
+    };
+    let mut records = db.run_stages(run.id)?;
+    records.sort_by_key(|r| position(&r.stage));
+    let stages: Vec<_> = records
         .into_iter()
         .map(|r| {
             let artifact = matches!(r.status.as_str(), "ran" | "cached")

@@ -247,6 +247,17 @@ fn show_reports_the_last_run() {
     assert_eq!(count["metrics"]["lines"], 2);
     assert!(count["artifact"].as_str().unwrap().ends_with("/out"));
     assert_eq!(count["key"].as_str().unwrap().len(), 64);
+    let order: Vec<&str> = show["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    let at = |n: &str| order.iter().position(|x| *x == n).unwrap();
+    assert!(
+        at("prep") < at("count") && at("count") < at("report"),
+        "{order:?}"
+    );
     let dag = p.json(&["dag", "p.toml"]);
     let names: Vec<&str> = dag["stages"]
         .as_array()
