@@ -2,7 +2,7 @@
 //! output or a stable JSON document (`--json`, schema 1, see README).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -562,7 +562,7 @@ fn cmd_gc(args: GcArgs) -> Result<ExitCode, Failure> {
     if !root.join("xtr.db").exists() {
         return Err(Failure::Other(anyhow::anyhow!(
             "{} is not an xtr-pipe store (no xtr.db)",
-            display(&root)
+            root.display()
         )));
     }
     let store = Store::open(&root)?;
@@ -734,8 +734,4 @@ fn cmd_bench_encode(args: EncodeBenchArgs) -> Result<ExitCode, Failure> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn display(p: &Path) -> String {
-    p.display().to_string()
 }

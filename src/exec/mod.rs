@@ -124,7 +124,6 @@ pub fn plan(pipeline: &Pipeline, ws: &mut Workspace, opts: &RunOptions) -> Resul
     for name in opts.only.iter().chain(&opts.force).chain(&opts.from) {
         pipeline.require_stage(name)?;
     }
-    let selected = selection(pipeline, opts);
     let from_set: BTreeSet<usize> = match &opts.from {
         Some(name) => pipeline
             .dag
@@ -133,6 +132,7 @@ pub fn plan(pipeline: &Pipeline, ws: &mut Workspace, opts: &RunOptions) -> Resul
             .collect(),
         None => BTreeSet::new(),
     };
+    let selected = selection(pipeline, opts, &from_set);
     let order = pipeline.dag.topological().to_vec();
     let mut planned: Vec<Option<PlannedStage>> = (0..pipeline.stages.len()).map(|_| None).collect();
     for &i in &order {
@@ -247,14 +247,19 @@ pub fn plan(pipeline: &Pipeline, ws: &mut Workspace, opts: &RunOptions) -> Resul
     Ok(Plan { stages, order })
 }
 
-fn selection(pipeline: &Pipeline, opts: &RunOptions) -> BTreeSet<usize> {
+/// The stages a run considers: `--only`'s, else `--from`'s (`from_set`), else all.
+fn selection(
+    pipeline: &Pipeline,
+    opts: &RunOptions,
+    from_set: &BTreeSet<usize>,
+) -> BTreeSet<usize> {
     if !opts.only.is_empty() {
         opts.only
             .iter()
             .filter_map(|n| pipeline.stage_index(n))
             .collect()
-    } else if let Some(from) = opts.from.as_deref().and_then(|n| pipeline.stage_index(n)) {
-        pipeline.dag.descendants(from).into_iter().collect()
+    } else if opts.from.is_some() {
+        from_set.clone()
     } else {
         (0..pipeline.stages.len()).collect()
     }
