@@ -15,7 +15,14 @@ const MLX_VERSION: &str = "0.32.4";
 fn main() {
     println!("cargo:rerun-if-env-changed=MLX_DIR");
     println!("cargo:rerun-if-env-changed=PYTHON");
-    for f in ["src/mlx/ffi.rs", "src/mlx/shim.h", "src/mlx/shim.cc"] {
+    for f in [
+        "src/mlx/ffi.rs",
+        "src/mlx/shim.h",
+        "src/mlx/shim.cc",
+        "src/mlx/cpu/kernels.h",
+        "src/mlx/cpu/kernels_simd.cc",
+        "src/mlx/cpu/primitives.cc",
+    ] {
         println!("cargo:rerun-if-changed={f}");
     }
 
@@ -39,12 +46,15 @@ fn main() {
     cxx_build::CFG.include_prefix = "xtr_mlx";
     cxx_build::bridge("src/mlx/ffi.rs")
         .file("src/mlx/shim.cc")
+        .file("src/mlx/cpu/primitives.cc")
         .std("c++20")
         .include(&include)
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-deprecated-declarations")
         .opt_level(2)
         .compile("xtr_mlx_shim");
+
+    build_cpu_kernels();
 
     let target_os = env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     println!("cargo:rustc-link-search=native={}", lib.display());
@@ -57,15 +67,52 @@ fn main() {
             // reaches libmlx's own dependency on the wheel's reference libblas.
             println!("cargo:rustc-link-arg=-Wl,--push-state,--no-as-needed,-lopenblas,--pop-state");
             println!("cargo:rustc-link-lib=dylib=mlx");
+            println!("cargo:rustc-link-lib=dylib=sleef");
             println!("cargo:rustc-link-lib=dylib=dl");
         }
         "macos" => {
             // libmlx from the macOS wheel already links Metal and Accelerate.
             println!("cargo:rustc-link-lib=dylib=mlx");
+            println!("cargo:rustc-link-lib=dylib=sleef");
         }
         other => panic!("the MLX binding supports Linux and macOS, not `{other}`"),
     }
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+}
+
+/// Compiles src/mlx/cpu/kernels_simd.cc once per instruction set: AVX-512 and
+/// AVX2+FMA builds on x86_64 (picked at run time by CPUID), and a portable
+/// scalar build everywhere. The vector math comes from SLEEF (Debian/Ubuntu
+/// `libsleef-dev`, Homebrew `sleef`).
+fn build_cpu_kernels() {
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let x86 = arch == "x86_64";
+    let mut builds: Vec<(&str, &str, Vec<&str>)> = vec![("scalar", "XTR_ISA_SCALAR", vec![])];
+    if x86 {
+        builds.push(("avx2", "XTR_ISA_AVX2", vec!["-mavx2", "-mfma"]));
+        builds.push((
+            "avx512",
+            "XTR_ISA_AVX512",
+            vec!["-mavx512f", "-mavx512dq", "-mavx2", "-mfma"],
+        ));
+    }
+    for (name, define, flags) in builds {
+        let mut b = cc::Build::new();
+        b.cpp(true)
+            .file("src/mlx/cpu/kernels_simd.cc")
+            .std("c++17")
+            .opt_level(3)
+            .define(define, None)
+            .flag_if_supported("-fno-math-errno")
+            .warnings(true);
+        if name == "scalar" && !x86 {
+            b.define("XTR_STUB_X86", None);
+        }
+        for f in flags {
+            b.flag(f);
+        }
+        b.compile(&format!("xtr_kernels_{name}"));
+    }
 }
 
 /// MLX_DIR if set, else the `mlx` namespace package that python3 can import.

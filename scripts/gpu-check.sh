@@ -12,7 +12,7 @@
 set -uo pipefail
 bin=${1:?usage: gpu-check.sh BIN_DIR [PYTHON]}; py=${2:-/opt/torch/.venv/bin/python}
 libdir=${MLX_LIBDIR:-$(cat /root/mlxkit/libdir 2>/dev/null)}
-export LD_LIBRARY_PATH="$libdir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export LD_LIBRARY_PATH="$libdir:$(cd "$bin" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== libmlx: $(ldd "$bin/xtr-pipe" | grep libmlx)"
 echo "== parity on the GPU (MLX_ENABLE_TF32=0: MLX runs f32 GEMMs as TF32 by default)"

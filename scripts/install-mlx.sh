@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the MLX binding builds and links against, idempotently:
 #   - Linux: Debian's OpenBLAS (the `-lopenblas` dev symlink; MLX's own bundled
-#     reference BLAS is ~35x slower), then the `mlx-cpu` wheel (libmlx + headers).
+#     reference BLAS is ~35x slower) and SLEEF (vector math for xtr-pipe's own
+#     CPU kernels, src/mlx/cpu/), then the `mlx-cpu` wheel (libmlx + headers).
 #   - macOS: the `mlx` wheel family ships libmlx with Metal + Accelerate.
 # The wheel version is pinned: MLX's C++ API has no stable ABI, so the shim must
 # be built and run against the same version.
@@ -16,13 +17,17 @@ sudo_if_needed() {
 
 case "$(uname -s)" in
   Linux)
-    if [ ! -e /usr/lib/x86_64-linux-gnu/libopenblas.so ] &&
-       [ ! -e /usr/lib/aarch64-linux-gnu/libopenblas.so ] &&
-       ! ldconfig -p 2>/dev/null | grep -q 'libopenblas\.so '; then
+    missing=()
+    for pkg in libopenblas-dev libsleef-dev; do
+      if dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed'; then
+        echo "$pkg: already installed"
+      else
+        missing+=("$pkg")
+      fi
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
       sudo_if_needed apt-get update
-      sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y libopenblas-dev
-    else
-      echo "libopenblas-dev: already installed"
+      sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
     fi
     WHEEL="mlx-cpu"
     ;;

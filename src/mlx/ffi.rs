@@ -171,6 +171,15 @@ pub(crate) mod sys {
             mask: UniquePtr<MxArray>,
         ) -> Result<UniquePtr<MxArray>>;
 
+        // xtr-pipe's CPU primitives (src/mlx/cpu/primitives.cc)
+        fn xtr_gelu(x: &MxArray, tanh_form: bool) -> Result<UniquePtr<MxArray>>;
+        fn xtr_softmax(x: &MxArray) -> Result<UniquePtr<MxArray>>;
+        fn xtr_dropout(x: &MxArray, key: &MxArray, rate: f32) -> Result<UniquePtr<MxArray>>;
+        fn xtr_dropout_hash(seed: u64, index: u64) -> u32;
+        fn cpu_kernels_isa() -> Result<String>;
+        fn set_cpu_kernels_isa(name: &str) -> Result<String>;
+        fn cpu_kernel_threads() -> Result<i32>;
+
         // transforms
         fn eval(arrays: &ArrayVec) -> Result<()>;
         fn value_and_grad(

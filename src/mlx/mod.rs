@@ -17,6 +17,7 @@ mod error;
 pub mod fast;
 mod ffi;
 pub mod io;
+pub mod kernels;
 pub mod ops;
 pub mod random;
 pub mod transforms;

@@ -156,6 +156,15 @@ ArrayPtr scaled_dot_product_attention(const array &q, const array &k, const arra
                                       float scale, rust::Str mask_mode,
                                       std::unique_ptr<array> mask);
 
+// ---- xtr-pipe's CPU primitives (src/mlx/cpu/primitives.cc) ----
+ArrayPtr xtr_gelu(const array &x, bool tanh_form);
+ArrayPtr xtr_softmax(const array &x);
+ArrayPtr xtr_dropout(const array &x, const array &key, float rate);
+uint32_t xtr_dropout_hash(uint64_t seed, uint64_t index);
+rust::String cpu_kernels_isa();
+rust::String set_cpu_kernels_isa(rust::Str name);
+int32_t cpu_kernel_threads();
+
 // ---- transforms ----
 void eval(const ArrayVec &arrays);
 VagOutput value_and_grad(rust::Box<Closure> fun, const ArrayVec &params,

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 use anyhow::{bail, Context, Result};
 
 use crate::mlx::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
-use crate::mlx::{ops, random, Array, Dtype};
+use crate::mlx::{kernels, ops, random, Array, Dtype};
 
 /// The large negative number added to attention scores at masked keys
 /// (HF uses `finfo(dtype).min`; any value whose `exp` underflows to 0 gives
@@ -96,6 +96,8 @@ impl Activation {
     pub fn apply(self, x: &Array) -> Result<Array> {
         Ok(match self {
             Activation::Relu => ops::maximum(x, Array::from_f32(0.0).as_dtype(x.dtype())?)?,
+            Activation::Gelu if kernels::applies(x) => kernels::gelu(x, false)?,
+            Activation::GeluTanh if kernels::applies(x) => kernels::gelu(x, true)?,
             Activation::Gelu => {
                 let half = scalar(0.5, x.dtype())?;
                 let inner =
@@ -167,7 +169,11 @@ impl Ctx {
         if rate >= 1.0 {
             return Ok(ops::zeros_dtype(x.shape(), x.dtype())?);
         }
-        let keep = random::bernoulli(&Array::from_f32(1.0 - rate), x.shape(), &self.next_key()?)?;
+        let key = self.next_key()?;
+        if kernels::applies(x) {
+            return Ok(kernels::dropout(x, &key, rate)?);
+        }
+        let keep = random::bernoulli(&Array::from_f32(1.0 - rate), x.shape(), &key)?;
         let scaled = x.multiply(scalar(1.0 / (1.0 - rate), x.dtype())?)?;
         Ok(ops::r#where(keep, scaled, scalar(0.0, x.dtype())?)?)
     }
@@ -203,7 +209,9 @@ pub fn merge_heads(x: &Array) -> Result<Array> {
 }
 
 /// `softmax(q kᵀ · scale + bias) v`, with dropout `rate` on the attention
-/// probabilities when training (the fused kernel when it is off).
+/// probabilities when training. MLX's fused kernel runs it when dropout is off,
+/// except where our CPU softmax applies: MLX's CPU attention is the same
+/// composition with its scalar softmax.
 pub fn attention(
     ctx: &Ctx,
     q: &Array,
@@ -213,7 +221,8 @@ pub fn attention(
     bias: &Array,
     rate: f32,
 ) -> Result<Array> {
-    if !ctx.train || rate <= 0.0 {
+    let ours = kernels::applies(q);
+    if (!ctx.train || rate <= 0.0) && !ours {
         return scaled_dot_product_attention(
             q,
             k,
@@ -229,7 +238,12 @@ pub fn attention(
     } else {
         scores
     };
-    let probs = ops::softmax_axis(scores.add(bias)?, -1, true)?;
+    let scores = scores.add(bias)?;
+    let probs = if ours {
+        kernels::softmax_last(&scores)?
+    } else {
+        ops::softmax_axis(scores, -1, true)?
+    };
     let probs = ctx.dropout(&probs, rate)?;
     Ok(ops::matmul(probs, v)?)
 }

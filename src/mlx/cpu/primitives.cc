@@ -1,0 +1,433 @@
+// xtr-pipe's own MLX primitives for the CPU: GELU (erf and tanh forms),
+// last-axis softmax and dropout, each with its VJP as a primitive too. MLX's
+// documented extension route: a `Primitive` subclass whose `eval_cpu`
+// enqueues the work on the stream's CPU encoder. The work runs the kernels of
+// kernels.h (SLEEF-vectorised, chosen per CPU at run time) split across a
+// small thread pool.
+//
+// These primitives have no GPU kernels: the Rust side (src/mlx/kernels.rs)
+// builds them only for f32 graphs on the CPU and uses MLX's own ops elsewhere.
+#include "xtr_mlx/src/mlx/shim.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <functional>
+#include <mutex>
+#include <sched.h>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "kernels.h"
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/primitives.h"
+
+namespace mx = mlx::core;
+
+namespace xtr_mlx {
+namespace cpu {
+namespace {
+
+// ---- which table ----
+
+const Kernels *best_supported() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+      kernels_avx512())
+    return kernels_avx512();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && kernels_avx2())
+    return kernels_avx2();
+#endif
+  return kernels_scalar();
+}
+
+// The table for `name` ("auto", "avx512", "avx2", "scalar"), or an error
+// naming what this CPU supports.
+const Kernels *by_name(const std::string &name) {
+  const Kernels *best = best_supported();
+  if (name == "auto" || name.empty()) return best;
+  if (name == "scalar") return kernels_scalar();
+  const Kernels *want = name == "avx512" ? kernels_avx512()
+                        : name == "avx2" ? kernels_avx2()
+                                         : nullptr;
+  if (!want)
+    throw std::invalid_argument("unknown CPU kernel set `" + name +
+                                "` (expected auto, avx512, avx2 or scalar)");
+  // A narrower set than the best one is always safe; a wider one is not.
+  bool ok = want == best || want == kernels_scalar() ||
+            (want == kernels_avx2() && best == kernels_avx512());
+  if (!ok)
+    throw std::invalid_argument("this CPU cannot run the `" + name +
+                                "` kernels (best available: " + best->isa + ")");
+  return want;
+}
+
+std::atomic<const Kernels *> g_active{nullptr};
+
+const Kernels &active() {
+  const Kernels *k = g_active.load(std::memory_order_acquire);
+  if (!k) {
+    const char *env = std::getenv("XTR_CPU_ISA");
+    k = by_name(env ? env : "auto");
+    g_active.store(k, std::memory_order_release);
+  }
+  return *k;
+}
+
+// ---- a small fork-join pool ----
+
+// Runs chunk i of a job on the calling thread plus `threads - 1` workers.
+// MLX evaluates each CPU stream on its own thread; when two streams ask at
+// once, the second runs its job alone rather than waiting.
+class Pool {
+public:
+  explicit Pool(int threads) {
+    for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { work(); });
+  }
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    for (auto &t : workers_) t.join();
+  }
+  int threads() const { return static_cast<int>(workers_.size()) + 1; }
+
+  void run(size_t chunks, const std::function<void(size_t)> &f) {
+    std::unique_lock<std::mutex> busy(busy_, std::try_to_lock);
+    if (chunks <= 1 || workers_.empty() || !busy.owns_lock()) {
+      for (size_t i = 0; i < chunks; ++i) f(i);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      job_ = &f;
+      total_ = chunks;
+      next_.store(0, std::memory_order_relaxed);
+      done_.store(0, std::memory_order_relaxed);
+      ++generation_;
+    }
+    cv_.notify_all();
+    take_chunks(f, chunks);
+    // Wait for the chunks the workers took, and for every worker that joined
+    // this job to leave it (so `f` outlives its last use).
+    std::unique_lock<std::mutex> lock(m_);
+    finished_.wait(lock, [&] {
+      return done_.load(std::memory_order_acquire) == chunks && joined_ == 0;
+    });
+    job_ = nullptr;
+  }
+
+private:
+  void take_chunks(const std::function<void(size_t)> &f, size_t total) {
+    size_t i;
+    while ((i = next_.fetch_add(1, std::memory_order_relaxed)) < total) {
+      f(i);
+      done_.fetch_add(1, std::memory_order_acq_rel);
+    }
+  }
+
+  void work() {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(m_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || (generation_ != seen && job_); });
+      if (stop_) return;
+      seen = generation_;
+      const std::function<void(size_t)> *f = job_;
+      size_t total = total_;
+      ++joined_;
+      lock.unlock();
+      take_chunks(*f, total);
+      lock.lock();
+      --joined_;
+      finished_.notify_all();
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex busy_;
+  std::mutex m_;
+  std::condition_variable cv_, finished_;
+  const std::function<void(size_t)> *job_ = nullptr;
+  size_t total_ = 0;
+  uint64_t generation_ = 0;
+  int joined_ = 0;
+  bool stop_ = false;
+  std::atomic<size_t> next_{0}, done_{0};
+};
+
+int default_threads() {
+  if (const char *env = std::getenv("XTR_CPU_THREADS")) {
+    int n = std::atoi(env);
+    if (n >= 1) return n > 64 ? 64 : n;
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n >= 1) return n > 16 ? 16 : n;
+  }
+  unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : static_cast<int>(n > 16 ? 16 : n);
+}
+
+Pool &pool() {
+  static Pool p(default_threads());
+  return p;
+}
+
+// Splits [0, n) into contiguous ranges of at least `grain` items (a multiple
+// of 64 elements keeps vector loops whole) and runs `f(begin, end)` on them.
+void parallel_ranges(size_t n, size_t grain, const std::function<void(size_t, size_t)> &f) {
+  Pool &p = pool();
+  size_t parts = std::min<size_t>(static_cast<size_t>(p.threads()), (n + grain - 1) / grain);
+  if (parts <= 1) {
+    f(0, n);
+    return;
+  }
+  size_t step = (n + parts - 1) / parts;
+  step = (step + 63) / 64 * 64;
+  parts = (n + step - 1) / step;
+  p.run(parts, [&](size_t i) {
+    size_t b = i * step, e = std::min(n, b + step);
+    if (b < e) f(b, e);
+  });
+}
+
+// ---- the primitives ----
+
+enum class Op { Gelu, GeluTanh, GeluVjp, GeluTanhVjp, Softmax, SoftmaxVjp, Dropout };
+
+// Element-wise work below this many elements runs on one thread.
+constexpr size_t kGrain = 16384;
+
+array build(Op op, std::vector<array> inputs, float rate = 0.0f);
+
+class XtrKernel : public mx::Primitive {
+public:
+  XtrKernel(mx::Stream s, Op op, float rate) : mx::Primitive(s), op_(op), rate_(rate) {}
+
+  void eval_cpu(const std::vector<array> &inputs, std::vector<array> &outputs) override {
+    array &out = outputs[0];
+    // The operand whose buffer the output may take over (MLX's donation rule).
+    const array &donor = (op_ == Op::GeluVjp || op_ == Op::GeluTanhVjp ||
+                          op_ == Op::SoftmaxVjp)
+                             ? inputs[1]
+                             : inputs[0];
+    if (donor.is_donatable() && donor.flags().row_contiguous &&
+        donor.nbytes() == out.nbytes()) {
+      out.copy_shared_buffer(donor);
+    } else {
+      out.set_data(mx::allocator::malloc(out.nbytes()));
+    }
+    auto &enc = mx::cpu::get_command_encoder(stream());
+    for (const auto &in : inputs) enc.set_input_array(in);
+    enc.set_output_array(out);
+
+    const Kernels *k = &active();
+    const float *a = inputs[0].data<float>();
+    const float *b = inputs.size() > 1 && op_ != Op::Dropout ? inputs[1].data<float>() : nullptr;
+    const uint32_t *key = op_ == Op::Dropout ? inputs[1].data<uint32_t>() : nullptr;
+    float *y = out.data<float>();
+    size_t n = out.size();
+    size_t len = out.ndim() == 0 ? 1 : static_cast<size_t>(out.shape(-1));
+    Op op = op_;
+    float rate = rate_;
+    enc.dispatch([k, op, a, b, key, y, n, len, rate]() {
+      switch (op) {
+      case Op::Gelu:
+        parallel_ranges(n, kGrain, [&](size_t s, size_t e) { k->gelu(a + s, y + s, e - s); });
+        break;
+      case Op::GeluTanh:
+        parallel_ranges(n, kGrain,
+                        [&](size_t s, size_t e) { k->gelu_tanh(a + s, y + s, e - s); });
+        break;
+      case Op::GeluVjp:
+        parallel_ranges(n, kGrain,
+                        [&](size_t s, size_t e) { k->gelu_vjp(a + s, b + s, y + s, e - s); });
+        break;
+      case Op::GeluTanhVjp:
+        parallel_ranges(n, kGrain, [&](size_t s, size_t e) {
+          k->gelu_tanh_vjp(a + s, b + s, y + s, e - s);
+        });
+        break;
+      case Op::Softmax: {
+        size_t rows = len == 0 ? 0 : n / len;
+        parallel_ranges(rows, std::max<size_t>(1, kGrain / std::max<size_t>(len, 1)),
+                        [&](size_t s, size_t e) {
+                          k->softmax(a + s * len, y + s * len, e - s, len);
+                        });
+        break;
+      }
+      case Op::SoftmaxVjp: {
+        size_t rows = len == 0 ? 0 : n / len;
+        parallel_ranges(rows, std::max<size_t>(1, kGrain / std::max<size_t>(len, 1)),
+                        [&](size_t s, size_t e) {
+                          k->softmax_vjp(a + s * len, b + s * len, y + s * len, e - s, len);
+                        });
+        break;
+      }
+      case Op::Dropout: {
+        uint64_t seed = (static_cast<uint64_t>(key[0]) << 32) | key[1];
+        double t = static_cast<double>(rate) * 4294967296.0;
+        uint32_t threshold = t >= 4294967295.0 ? 0xffffffffU : static_cast<uint32_t>(t);
+        float scale = 1.0f / (1.0f - rate);
+        parallel_ranges(n, kGrain, [&](size_t s, size_t e) {
+          k->dropout(a + s, y + s, e - s, s, seed, threshold, scale);
+        });
+        break;
+      }
+      }
+    });
+  }
+
+  void eval_gpu(const std::vector<array> &, std::vector<array> &) override {
+    throw std::runtime_error(std::string(name()) +
+                             " is a CPU kernel; GPU graphs use MLX's own ops");
+  }
+
+  std::vector<array> vjp(const std::vector<array> &primals,
+                         const std::vector<array> &cotangents,
+                         const std::vector<int> &argnums,
+                         const std::vector<array> &outputs) override {
+    const array &cot = cotangents[0];
+    std::vector<array> grads;
+    for (int arg : argnums) {
+      switch (op_) {
+      case Op::Gelu:
+        grads.push_back(build(Op::GeluVjp, {primals[0], cot}));
+        break;
+      case Op::GeluTanh:
+        grads.push_back(build(Op::GeluTanhVjp, {primals[0], cot}));
+        break;
+      case Op::Softmax:
+        grads.push_back(build(Op::SoftmaxVjp, {outputs[0], cot}));
+        break;
+      case Op::Dropout:
+        if (arg == 0) {
+          grads.push_back(build(Op::Dropout, {cot, primals[1]}, rate_));
+        } else {
+          grads.push_back(mx::zeros_like(primals[1], stream()));
+        }
+        break;
+      default:
+        throw std::invalid_argument(std::string("second derivatives through ") + name() +
+                                    " are not implemented");
+      }
+    }
+    return grads;
+  }
+
+  std::vector<array> jvp(const std::vector<array> &primals,
+                         const std::vector<array> &tangents,
+                         const std::vector<int> &argnums) override {
+    // Each op's Jacobian is diagonal (element-wise) or symmetric (softmax),
+    // so the JVP is the VJP applied to the tangent.
+    if (argnums.size() != 1 || argnums[0] != 0)
+      throw std::invalid_argument(std::string(name()) + ": JVP only for its first input");
+    const array &t = tangents[0];
+    switch (op_) {
+    case Op::Gelu:
+      return {build(Op::GeluVjp, {primals[0], t})};
+    case Op::GeluTanh:
+      return {build(Op::GeluTanhVjp, {primals[0], t})};
+    case Op::Softmax:
+      return {build(Op::SoftmaxVjp, {build(Op::Softmax, {primals[0]}), t})};
+    case Op::Dropout:
+      return {build(Op::Dropout, {t, primals[1]}, rate_)};
+    default:
+      throw std::invalid_argument(std::string("second derivatives through ") + name() +
+                                  " are not implemented");
+    }
+  }
+
+  std::pair<std::vector<array>, std::vector<int>> vmap(const std::vector<array> &,
+                                                       const std::vector<int> &) override {
+    throw std::invalid_argument(std::string(name()) + " does not support vmap");
+  }
+
+  const char *name() const override {
+    switch (op_) {
+    case Op::Gelu: return "XtrGelu";
+    case Op::GeluTanh: return "XtrGeluTanh";
+    case Op::GeluVjp: return "XtrGeluVjp";
+    case Op::GeluTanhVjp: return "XtrGeluTanhVjp";
+    case Op::Softmax: return "XtrSoftmax";
+    case Op::SoftmaxVjp: return "XtrSoftmaxVjp";
+    case Op::Dropout: return "XtrDropout";
+    }
+    return "XtrKernel";
+  }
+
+  bool is_equivalent(const mx::Primitive &other) const override {
+    const auto *o = dynamic_cast<const XtrKernel *>(&other);
+    return o && o->op_ == op_ && o->rate_ == rate_;
+  }
+
+  std::vector<mx::Shape> output_shapes(const std::vector<array> &inputs) override {
+    return {inputs[op_ == Op::GeluVjp || op_ == Op::GeluTanhVjp || op_ == Op::SoftmaxVjp ? 1 : 0]
+                .shape()};
+  }
+
+private:
+  Op op_;
+  float rate_;
+};
+
+array build(Op op, std::vector<array> inputs, float rate) {
+  auto s = mx::to_stream({});
+  if (s.device != mx::Device::cpu)
+    throw std::invalid_argument("xtr CPU kernels need the CPU device");
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    array &in = inputs[i];
+    if (op == Op::Dropout && i == 1) {
+      if (in.dtype() != mx::uint32 || in.size() != 2)
+        throw std::invalid_argument("dropout needs a PRNG key (uint32, 2 elements)");
+    } else if (in.dtype() != mx::float32) {
+      throw std::invalid_argument("xtr CPU kernels take float32 arrays");
+    }
+    in = mx::contiguous(in, false, s);
+  }
+  if (inputs.size() == 2 && op != Op::Dropout && inputs[0].shape() != inputs[1].shape())
+    throw std::invalid_argument("xtr CPU kernel operands must have one shape");
+  auto shape = inputs[op == Op::GeluVjp || op == Op::GeluTanhVjp || op == Op::SoftmaxVjp ? 1 : 0]
+                   .shape();
+  return array(std::move(shape), mx::float32, std::make_shared<XtrKernel>(s, op, rate),
+               std::move(inputs));
+}
+
+} // namespace
+} // namespace cpu
+
+// ---- shim entry points (declared in shim.h) ----
+
+ArrayPtr xtr_gelu(const array &x, bool tanh_form) {
+  return std::make_unique<array>(
+      cpu::build(tanh_form ? cpu::Op::GeluTanh : cpu::Op::Gelu, {x}));
+}
+ArrayPtr xtr_softmax(const array &x) {
+  if (x.ndim() == 0) throw std::invalid_argument("softmax needs at least one axis");
+  return std::make_unique<array>(cpu::build(cpu::Op::Softmax, {x}));
+}
+ArrayPtr xtr_dropout(const array &x, const array &key, float rate) {
+  if (!(rate >= 0.0f && rate < 1.0f))
+    throw std::invalid_argument("dropout rate must be in [0, 1), got " + std::to_string(rate));
+  return std::make_unique<array>(cpu::build(cpu::Op::Dropout, {x, key}, rate));
+}
+uint32_t xtr_dropout_hash(uint64_t seed, uint64_t index) {
+  return cpu::dropout_hash(seed, index);
+}
+rust::String cpu_kernels_isa() { return rust::String(cpu::active().isa); }
+rust::String set_cpu_kernels_isa(rust::Str name) {
+  const cpu::Kernels *k = cpu::by_name(std::string(name));
+  cpu::g_active.store(k, std::memory_order_release);
+  return rust::String(k->isa);
+}
+int32_t cpu_kernel_threads() { return cpu::pool().threads(); }
+
+} // namespace xtr_mlx

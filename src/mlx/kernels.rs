@@ -1,0 +1,111 @@
+//! xtr-pipe's own CPU kernels, as MLX primitives (`src/mlx/cpu/`): GELU in
+//! both forms, last-axis softmax and dropout, each with its gradient.
+//!
+//! MLX's CPU backend runs element-wise math one scalar at a time on one
+//! thread; these kernels use SLEEF's vector math (AVX-512, AVX2, or a portable
+//! scalar build, picked per CPU at run time) across all cores. They exist only
+//! for f32 on the CPU: callers ask [`applies`] and otherwise compose MLX's own
+//! ops, which is what runs on the GPU.
+//!
+//! Switches (read once, at first use):
+//! - `XTR_CPU_KERNELS=off` — never use them (compare against MLX's ops);
+//! - `XTR_CPU_ISA=avx512|avx2|scalar` — force an instruction set (a wider one
+//!   than the CPU has is an error);
+//! - `XTR_CPU_THREADS=N` — threads per kernel (default: the CPUs this process
+//!   may run on, at most 16).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::array::Array;
+use super::device::{Device, DeviceType};
+use super::dtype::Dtype;
+use super::error::Result;
+use super::ffi::sys;
+
+const UNSET: u8 = 0;
+const ON: u8 = 1;
+const OFF: u8 = 2;
+static STATE: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Whether the kernels are switched on (`XTR_CPU_KERNELS`, or [`set_enabled`]).
+pub fn enabled() -> bool {
+    match STATE.load(Ordering::Relaxed) {
+        ON => true,
+        OFF => false,
+        _ => {
+            let off = matches!(
+                std::env::var("XTR_CPU_KERNELS").as_deref(),
+                Ok("off" | "0" | "false" | "mlx")
+            );
+            STATE.store(if off { OFF } else { ON }, Ordering::Relaxed);
+            !off
+        }
+    }
+}
+
+/// Switches the kernels on or off for graphs built from now on (benchmarks
+/// compare both in one process).
+pub fn set_enabled(on: bool) {
+    STATE.store(if on { ON } else { OFF }, Ordering::Relaxed);
+}
+
+/// Whether an op on `x` should use these kernels: switched on, `x` is f32,
+/// and the default device is the CPU.
+pub fn applies(x: &Array) -> bool {
+    enabled()
+        && x.dtype() == Dtype::Float32
+        && matches!(
+            Device::default_device(),
+            Ok(Device {
+                device_type: DeviceType::Cpu,
+                ..
+            })
+        )
+}
+
+/// The exact GELU `0.5 x (1 + erf(x / √2))`, or with `tanh_form` the tanh
+/// approximation. f32 on the CPU only (see [`applies`]).
+pub fn gelu(x: &Array, tanh_form: bool) -> Result<Array> {
+    Array::wrap(sys::xtr_gelu(x.raw(), tanh_form))
+}
+
+/// Softmax over the last axis. f32 on the CPU only.
+pub fn softmax_last(x: &Array) -> Result<Array> {
+    Array::wrap(sys::xtr_softmax(x.raw()))
+}
+
+/// Inverted dropout: each element kept with probability `1 - rate` and scaled
+/// by `1 / (1 - rate)`, the mask a pure function of `key` (a PRNG key from
+/// [`super::random::key`] / `split`) and the element's index, so the same key
+/// always drops the same elements and the gradient reuses the mask without
+/// storing it. f32 on the CPU only.
+pub fn dropout(x: &Array, key: &Array, rate: f32) -> Result<Array> {
+    Array::wrap(sys::xtr_dropout(x.raw(), key.raw(), rate))
+}
+
+/// The 32-bit hash that decides dropout: element `index` is kept when
+/// `dropout_hash(seed, index) >= rate * 2^32`, where `seed` is the key's two
+/// words `(k[0] << 32) | k[1]`.
+pub fn dropout_hash(seed: u64, index: u64) -> u32 {
+    sys::xtr_dropout_hash(seed, index)
+}
+
+/// The instruction set the kernels use: `avx512`, `avx2` or `scalar`.
+pub fn isa() -> Result<String> {
+    Ok(sys::cpu_kernels_isa()?)
+}
+
+/// Forces an instruction set (`auto`, `avx512`, `avx2`, `scalar`) and returns
+/// the one now in use; asking for one this CPU lacks is an error.
+pub fn set_isa(name: &str) -> Result<String> {
+    Ok(sys::set_cpu_kernels_isa(name)?)
+}
+
+/// Threads each kernel splits its work across.
+pub fn threads() -> Result<i32> {
+    Ok(sys::cpu_kernel_threads()?)
+}
+
+#[cfg(test)]
+#[path = "kernels_tests.rs"]
+mod tests;

@@ -1,0 +1,375 @@
+//! The CPU kernels against MLX's own ops (the same math composed from
+//! `erf`, `tanh`, `exp`, `softmax`), against finite differences, and under
+//! every instruction set this CPU has, the portable scalar one included.
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::mlx::{ops, random, value_and_grad, Array};
+
+/// Tests that switch the instruction set hold this, so each measures the one it set.
+static ISA: Mutex<()> = Mutex::new(());
+
+fn vals(a: &Array) -> Vec<f32> {
+    a.to_vec::<f32>().expect("copy out")
+}
+
+/// Every instruction set this CPU can run, widest first.
+fn isas() -> Vec<&'static str> {
+    ["avx512", "avx2", "scalar"]
+        .into_iter()
+        .filter(|name| set_isa(name).is_ok())
+        .collect()
+}
+
+/// Inputs that stress the kernels: a dense sweep of [-10, 10], the extremes,
+/// denormals, signed zeros, and a length that leaves a partial vector.
+fn sweep() -> Vec<f32> {
+    let mut x: Vec<f32> = (0..4001).map(|i| -10.0 + i as f32 * 0.005).collect();
+    x.extend([
+        -80.0,
+        80.0,
+        -30.0,
+        30.0,
+        1e-30,
+        -1e-30,
+        1e-40,
+        -1e-40,
+        f32::MIN_POSITIVE,
+        0.0,
+        -0.0,
+        1e-7,
+        -1e-7,
+        3.0e38,
+        -3.0e38,
+    ]);
+    x
+}
+
+/// `|got - want| <= max(rel |want|, abs)` element-wise; NaN must meet NaN.
+fn assert_close(got: &[f32], want: &[f32], x: &[f32], rel: f32, abs: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for i in 0..got.len() {
+        let (g, w) = (got[i], want[i]);
+        if w.is_nan() || g.is_nan() {
+            assert!(
+                w.is_nan() && g.is_nan(),
+                "{what}: x={} got {g}, MLX {w}",
+                x[i]
+            );
+            continue;
+        }
+        if w.is_infinite() || g.is_infinite() {
+            assert_eq!(g, w, "{what}: x={}", x[i]);
+            continue;
+        }
+        let tol = (rel * w.abs()).max(abs);
+        assert!(
+            (g - w).abs() <= tol,
+            "{what}: x={} got {g}, MLX {w} (diff {:e} > tol {:e})",
+            x[i],
+            (g - w).abs(),
+            tol
+        );
+    }
+}
+
+fn scalar(v: f32) -> Array {
+    Array::from_f32(v)
+}
+
+/// MLX's composition of the exact GELU (what the models ran before these kernels).
+fn mlx_gelu(x: &Array) -> Result<Array> {
+    let inner = ops::erf(x.multiply(scalar(std::f32::consts::FRAC_1_SQRT_2))?)?;
+    x.multiply(scalar(0.5))?.multiply(inner.add(scalar(1.0))?)
+}
+
+fn mlx_gelu_tanh(x: &Array) -> Result<Array> {
+    let cube = x.multiply(x)?.multiply(x)?;
+    let inner = x
+        .add(cube.multiply(scalar(0.044_715))?)?
+        .multiply(scalar((2.0 / std::f32::consts::PI).sqrt()))?;
+    x.multiply(scalar(0.5))?
+        .multiply(ops::tanh(inner)?.add(scalar(1.0))?)
+}
+
+/// The gradient of `sum(f(x) * w)` with respect to x.
+fn grad_of(f: fn(&Array) -> Result<Array>, x: &Array, w: &Array) -> Result<Vec<f32>> {
+    let (_, grads) = value_and_grad(
+        |p: &[Array]| Ok(vec![ops::sum(f(&p[0])?.multiply(w)?, false)?]),
+        std::slice::from_ref(x),
+    )?;
+    Ok(vals(&grads[0]))
+}
+
+fn ours_gelu(x: &Array) -> Result<Array> {
+    gelu(x, false)
+}
+fn ours_gelu_tanh(x: &Array) -> Result<Array> {
+    gelu(x, true)
+}
+
+#[test]
+fn gelu_matches_mlx_on_every_isa() -> Result<()> {
+    let _guard = ISA.lock().unwrap_or_else(|e| e.into_inner());
+    let xs = sweep();
+    let x = Array::from_slice(&xs, &[xs.len() as i32])?;
+    let want = vals(&mlx_gelu(&x)?);
+    let want_tanh = vals(&mlx_gelu_tanh(&x)?);
+    for isa in isas() {
+        set_isa(isa)?;
+        // 0.5 x (1 + erf) cancels for x << 0, where one ulp of erf near -1 is
+        // 6e-8: both sides carry that rounding, scaled by |x|.
+        let got = vals(&gelu(&x, false)?);
+        for (i, &xi) in xs.iter().enumerate() {
+            let tol = (1e-6 * want[i].abs()).max(1e-7 * xi.abs().max(1.0));
+            if want[i].is_finite() {
+                assert!(
+                    (got[i] - want[i]).abs() <= tol,
+                    "gelu [{isa}] x={xi}: {} vs MLX {}",
+                    got[i],
+                    want[i]
+                );
+            } else {
+                assert!(got[i].is_nan() || got[i] == want[i], "gelu [{isa}] x={xi}");
+            }
+        }
+        let got = vals(&gelu(&x, true)?);
+        for (i, &xi) in xs.iter().enumerate() {
+            if xi.abs() > 1e4 {
+                // MLX's x³ overflows to ±inf (GELU's tanh saturates either way).
+                continue;
+            }
+            let tol = (1e-6 * want_tanh[i].abs()).max(1e-7 * xi.abs().max(1.0));
+            assert!(
+                (got[i] - want_tanh[i]).abs() <= tol,
+                "gelu_tanh [{isa}] x={xi}: {} vs MLX {}",
+                got[i],
+                want_tanh[i]
+            );
+        }
+    }
+    set_isa("auto")?;
+    Ok(())
+}
+
+#[test]
+fn gelu_propagates_nan_and_saturates_at_infinity() -> Result<()> {
+    let x = Array::from_slice(&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY], &[3])?;
+    for tanh_form in [false, true] {
+        let y = vals(&gelu(&x, tanh_form)?);
+        assert!(y[0].is_nan(), "NaN in, NaN out");
+        assert_eq!(y[1], f32::INFINITY);
+        // -inf * 0 is NaN in IEEE arithmetic, as in MLX's composition.
+        let mlx = vals(&mlx_gelu(&x)?);
+        assert_eq!(y[2].is_nan(), mlx[2].is_nan());
+    }
+    Ok(())
+}
+
+#[test]
+fn gelu_gradients_match_mlx_autodiff_and_finite_differences() -> Result<()> {
+    let _guard = ISA.lock().unwrap_or_else(|e| e.into_inner());
+    let xs: Vec<f32> = (0..203).map(|i| -6.0 + i as f32 * 0.06).collect();
+    let n = xs.len() as i32;
+    let x = Array::from_slice(&xs, &[n])?;
+    let ws: Vec<f32> = (0..n).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect();
+    let w = Array::from_slice(&ws, &[n])?;
+    for isa in isas() {
+        set_isa(isa)?;
+        for (ours, mlx, what) in [
+            (
+                ours_gelu as fn(&Array) -> Result<Array>,
+                mlx_gelu as fn(&Array) -> Result<Array>,
+                "gelu",
+            ),
+            (ours_gelu_tanh, mlx_gelu_tanh, "gelu_tanh"),
+        ] {
+            let got = grad_of(ours, &x, &w)?;
+            let want = grad_of(mlx, &x, &w)?;
+            assert_close(&got, &want, &xs, 1e-5, 1e-6, &format!("{what}' [{isa}]"));
+            // Central differences in f64 of the kernel's own forward.
+            let h = 1e-2f32;
+            let plus: Vec<f32> = xs.iter().map(|v| v + h).collect();
+            let minus: Vec<f32> = xs.iter().map(|v| v - h).collect();
+            let fp = vals(&ours(&Array::from_slice(&plus, &[n])?)?);
+            let fm = vals(&ours(&Array::from_slice(&minus, &[n])?)?);
+            for i in 0..xs.len() {
+                let fd = (fp[i] as f64 - fm[i] as f64) / (2.0 * h as f64) * ws[i] as f64;
+                assert!(
+                    (got[i] as f64 - fd).abs() <= 2e-3 * (1.0 + fd.abs()),
+                    "{what}' [{isa}] at {}: {} vs finite difference {fd}",
+                    xs[i],
+                    got[i]
+                );
+            }
+        }
+    }
+    set_isa("auto")?;
+    Ok(())
+}
+
+#[test]
+fn softmax_and_its_gradient_match_mlx() -> Result<()> {
+    let _guard = ISA.lock().unwrap_or_else(|e| e.into_inner());
+    let key = random::key(7)?;
+    for len in [1, 7, 16, 33, 128] {
+        let shape = [3, 5, len];
+        let mut x = vals(&random::normal::<f32>(&shape, None, Some(4.0), &key)?);
+        // Masked keys as the models add them, and an extreme value.
+        for (i, v) in x.iter_mut().enumerate() {
+            if len > 2 && i % len as usize == len as usize - 1 {
+                *v = -1e9;
+            }
+        }
+        x[0] = 80.0;
+        let xa = Array::from_slice(&x, &shape)?;
+        let g = random::normal::<f32>(&shape, None, None, &random::key(len as u64)?)?;
+        let want = vals(&ops::softmax_axis(&xa, -1, true)?);
+        let mlx_f = |a: &Array| ops::softmax_axis(a, -1, true);
+        let (_, want_grad) = value_and_grad(
+            |p: &[Array]| Ok(vec![ops::sum(mlx_f(&p[0])?.multiply(&g)?, false)?]),
+            std::slice::from_ref(&xa),
+        )?;
+        let want_grad = vals(&want_grad[0]);
+        for isa in isas() {
+            set_isa(isa)?;
+            let got = vals(&softmax_last(&xa)?);
+            assert_close(
+                &got,
+                &want,
+                &x,
+                1e-6,
+                1e-7,
+                &format!("softmax len {len} [{isa}]"),
+            );
+            let (_, grad) = value_and_grad(
+                |p: &[Array]| Ok(vec![ops::sum(softmax_last(&p[0])?.multiply(&g)?, false)?]),
+                std::slice::from_ref(&xa),
+            )?;
+            assert_close(
+                &vals(&grad[0]),
+                &want_grad,
+                &x,
+                1e-5,
+                1e-6,
+                &format!("softmax' len {len} [{isa}]"),
+            );
+        }
+    }
+    set_isa("auto")?;
+    Ok(())
+}
+
+#[test]
+fn dropout_is_a_pure_function_of_key_and_index() -> Result<()> {
+    let _guard = ISA.lock().unwrap_or_else(|e| e.into_inner());
+    let n = 1 << 20;
+    let x = Array::ones::<f32>(&[n])?;
+    let key = random::key(42)?;
+    let words = key.to_vec::<u32>()?;
+    let seed = (u64::from(words[0]) << 32) | u64::from(words[1]);
+    let rate = 0.1f32;
+    let threshold = (f64::from(rate) * 4294967296.0) as u32;
+    let mut reference: Option<Vec<f32>> = None;
+    for isa in isas() {
+        set_isa(isa)?;
+        let y = vals(&dropout(&x, &key, rate)?);
+        let kept = y.iter().filter(|&&v| v != 0.0).count();
+        let frac = kept as f64 / n as f64;
+        assert!((frac - 0.9).abs() < 0.002, "[{isa}] kept {frac}");
+        // Kept values are scaled by 1/(1 - rate); the mask is the documented hash.
+        for (i, &v) in y.iter().enumerate().step_by(997) {
+            let keep = dropout_hash(seed, i as u64) >= threshold;
+            assert_eq!(
+                v,
+                if keep { 1.0 / (1.0 - rate) } else { 0.0 },
+                "[{isa}] element {i}"
+            );
+        }
+        // Every instruction set and thread split draws the same mask.
+        match &reference {
+            None => reference = Some(y),
+            Some(r) => assert!(r == &y, "[{isa}] mask differs from the first ISA's"),
+        }
+    }
+    set_isa("auto")?;
+    // Another key, another mask; the same key, the same mask.
+    let again = vals(&dropout(&x, &key, rate)?);
+    assert!(Some(&again) == reference.as_ref());
+    let other = vals(&dropout(&x, &random::key(43)?, rate)?);
+    let same = other.iter().zip(&again).filter(|(a, b)| a == b).count() as f64 / n as f64;
+    assert!(same < 0.85, "masks of two keys agree on {same} of elements");
+    Ok(())
+}
+
+#[test]
+fn dropout_gradient_reuses_the_mask() -> Result<()> {
+    let xs: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
+    let x = Array::from_slice(&xs, &[10, 100])?;
+    let w = Array::from_slice(
+        &xs.iter().map(|v| v * 2.0 + 1.0).collect::<Vec<_>>(),
+        &[10, 100],
+    )?;
+    let key = random::key(3)?;
+    let rate = 0.25;
+    let y = vals(&dropout(&x, &key, rate)?);
+    let (_, grads) = value_and_grad(
+        |p: &[Array]| {
+            Ok(vec![ops::sum(
+                dropout(&p[0], &key, rate)?.multiply(&w)?,
+                false,
+            )?])
+        },
+        std::slice::from_ref(&x),
+    )?;
+    let g = vals(&grads[0]);
+    let wv = vals(&w);
+    for i in 0..xs.len() {
+        let kept = y[i] != 0.0 || xs[i] == 0.0;
+        let want = if kept { wv[i] / (1.0 - rate) } else { 0.0 };
+        assert!(
+            (g[i] - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "element {i}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn kernels_survive_compile_and_match_eager() -> Result<()> {
+    let _guard = ISA.lock().unwrap_or_else(|e| e.into_inner());
+    let xs: Vec<f32> = (0..640).map(|i| (i as f32 * 0.11).cos() * 3.0).collect();
+    let x = Array::from_slice(&xs, &[10, 64])?;
+    let key = random::key(9)?;
+    let f = |p: &[Array]| -> Result<Vec<Array>> {
+        let h = gelu(&p[0], false)?;
+        let s = softmax_last(&h)?;
+        Ok(vec![dropout(&s, &p[1], 0.1)?])
+    };
+    let eager = vals(&f(&[x.clone(), key.clone()])?[0]);
+    let compiled = crate::mlx::compile(f, false)?;
+    let once = vals(&compiled.call(&[x.clone(), key.clone()])?[0]);
+    assert_eq!(once, eager);
+    Ok(())
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_crash() -> Result<()> {
+    let _guard = ISA.lock().unwrap_or_else(|e| e.into_inner());
+    let bf16 = Array::ones::<f32>(&[4])?.as_dtype(crate::mlx::Dtype::Bfloat16)?;
+    assert!(!applies(&bf16), "bf16 graphs use MLX's ops");
+    let err = gelu(&bf16, false).expect_err("bf16 is refused");
+    assert!(err.to_string().contains("float32"), "{err}");
+    let x = Array::ones::<f32>(&[4])?;
+    let err = dropout(&x, &x, 0.1).expect_err("a float array is no key");
+    assert!(err.to_string().contains("key"), "{err}");
+    let err = dropout(&x, &random::key(0)?, 1.0).expect_err("rate 1 is refused");
+    assert!(err.to_string().contains("rate"), "{err}");
+    let err = set_isa("sse9").expect_err("unknown ISA");
+    assert!(err.to_string().contains("unknown CPU kernel set"), "{err}");
+    assert_eq!(set_isa("scalar")?, "scalar");
+    set_isa("auto")?;
+    assert!(threads()? >= 1);
+    Ok(())
+}
