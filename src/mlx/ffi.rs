@@ -197,6 +197,9 @@ pub(crate) mod sys {
         fn gpu_is_available() -> Result<bool>;
         fn synchronize() -> Result<()>;
 
+        // BLAS threads (call before any MLX work; see shim.cc)
+        fn set_blas_thread_timeout(exponent: i32) -> bool;
+
         // diagnostics
         fn blas_sgemm_library() -> Result<String>;
     }

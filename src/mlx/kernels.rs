@@ -106,6 +106,9 @@ pub fn threads() -> Result<i32> {
     Ok(sys::cpu_kernel_threads()?)
 }
 
+#[path = "kernels_bench.rs"]
+pub mod bench;
+
 #[cfg(test)]
 #[path = "kernels_tests.rs"]
 mod tests;

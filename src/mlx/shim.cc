@@ -3,6 +3,7 @@
 #include "xtr_mlx/src/mlx/shim.h"
 #include "xtr_mlx/src/mlx/ffi.rs.h"
 
+#include <cstdlib>
 #include <cstring>
 #include <dlfcn.h>
 #include <sstream>
@@ -362,6 +363,26 @@ bool gpu_is_available() { return mx::is_available(mx::Device(mx::Device::gpu)); 
 void synchronize() { mx::synchronize(); }
 
 // ---- diagnostics ----
+// OpenBLAS's idle workers spin (sched_yield) for 2^28 cycles after each call
+// before they sleep, taking a core from whatever runs between GEMMs. The wait
+// is read from OPENBLAS_THREAD_TIMEOUT only when the pool starts, so restart
+// the pool with the new value. The entry points are OpenBLAS's pthread build's;
+// where they are missing (another BLAS), nothing changes.
+bool set_blas_thread_timeout(int32_t exponent) {
+  using Fn = int (*)();
+  using VoidFn = void (*)();
+  auto read_env = reinterpret_cast<VoidFn>(dlsym(RTLD_DEFAULT, "openblas_read_env"));
+  auto shutdown = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "blas_thread_shutdown_"));
+  auto init = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "blas_thread_init"));
+  if (!read_env || !shutdown || !init) return false;
+  std::string value = std::to_string(exponent);
+  if (setenv("OPENBLAS_THREAD_TIMEOUT", value.c_str(), 1) != 0) return false;
+  read_env();
+  shutdown();
+  init();
+  return true;
+}
+
 rust::String blas_sgemm_library() {
   // The definition the dynamic linker's global lookup finds first, which is
   // the one libmlx's calls bind to.

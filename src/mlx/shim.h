@@ -179,6 +179,9 @@ int32_t default_device_kind();
 bool gpu_is_available();
 void synchronize();
 
+// ---- BLAS threads ----
+bool set_blas_thread_timeout(int32_t exponent);
+
 // ---- diagnostics ----
 rust::String blas_sgemm_library();
 
