@@ -38,6 +38,8 @@ fn s(v: f32) -> Array {
 }
 
 type Graph = fn(&[Array]) -> crate::mlx::Result<Vec<Array>>;
+/// (name, ours, MLX's, our arguments, MLX's arguments)
+type Case = (&'static str, Graph, Graph, Vec<Array>, Vec<Array>);
 
 fn mlx_gelu(a: &[Array]) -> crate::mlx::Result<Vec<Array>> {
     let x = &a[0];
@@ -133,8 +135,7 @@ pub fn run(reps: usize) -> Result<KernelReport> {
             "the CPU kernels are off (XTR_CPU_KERNELS) or the default device is not the CPU"
         );
     }
-    // (name, ours, MLX's, ours' args, MLX's args)
-    let cases: Vec<(&'static str, Graph, Graph, Vec<Array>, Vec<Array>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "gelu",
             ours_gelu,
