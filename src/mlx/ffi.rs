@@ -176,6 +176,17 @@ pub(crate) mod sys {
         fn xtr_softmax(x: &MxArray) -> Result<UniquePtr<MxArray>>;
         fn xtr_dropout(x: &MxArray, key: &MxArray, rate: f32) -> Result<UniquePtr<MxArray>>;
         fn xtr_dropout_hash(seed: u64, index: u64) -> u32;
+        fn xtr_attention_scores(
+            q: &MxArray,
+            k: &MxArray,
+            heads: i32,
+            scale: f32,
+        ) -> Result<UniquePtr<MxArray>>;
+        fn xtr_attention_values(
+            probs: &MxArray,
+            v: &MxArray,
+            heads: i32,
+        ) -> Result<UniquePtr<MxArray>>;
         fn cpu_kernels_isa() -> Result<String>;
         fn set_cpu_kernels_isa(name: &str) -> Result<String>;
         fn cpu_kernel_threads() -> Result<i32>;

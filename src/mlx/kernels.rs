@@ -83,6 +83,20 @@ pub fn dropout(x: &Array, key: &Array, rate: f32) -> Result<Array> {
     Array::wrap(sys::xtr_dropout(x.raw(), key.raw(), rate))
 }
 
+/// Attention scores `scale · q_h k_hᵀ` for every head, from the projections
+/// `q` `[B, S, heads·D]` and `k` `[B, T, heads·D]` as they are (no head
+/// transposes or copies): `[B, heads, S, T]`. f32 on the CPU only.
+pub fn attention_scores(q: &Array, k: &Array, heads: i32, scale: f32) -> Result<Array> {
+    Array::wrap(sys::xtr_attention_scores(q.raw(), k.raw(), heads, scale))
+}
+
+/// The attention output `p_h v_h` of every head, written with the heads
+/// merged: `probs` `[B, heads, S, T]`, `v` `[B, T, heads·D]` → `[B, S, heads·D]`.
+/// f32 on the CPU only.
+pub fn attention_values(probs: &Array, v: &Array, heads: i32) -> Result<Array> {
+    Array::wrap(sys::xtr_attention_values(probs.raw(), v.raw(), heads))
+}
+
 /// The 32-bit hash that decides dropout: element `index` is kept when
 /// `dropout_hash(seed, index) >= rate * 2^32`, where `seed` is the key's two
 /// words `(k[0] << 32) | k[1]`.

@@ -104,6 +104,44 @@ fn ours_softmax_vjp(a: &[Array]) -> crate::mlx::Result<Vec<Array>> {
     grad_through(ours_softmax, a)
 }
 
+/// Attention over MiniLM's doc batch (12 heads of 32), forward and backward
+/// with respect to q, k and v: our per-head products against MLX's matmuls
+/// on split-out heads (with their copies). Both sides use our softmax, so the
+/// row measures the products. Arguments: q, k, v, g, each `[B, L, 384]`.
+fn attention_grads(a: &[Array], ours: bool) -> crate::mlx::Result<Vec<Array>> {
+    let g = a[3].clone();
+    let (_, grads) = crate::mlx::value_and_grad(
+        move |p: &[Array]| {
+            let scale = 1.0 / 32f32.sqrt();
+            let out = if ours {
+                let scores = super::attention_scores(&p[0], &p[1], 12, scale)?;
+                super::attention_values(&softmax_last(&scores)?, &p[2], 12)?
+            } else {
+                let split = |x: &Array| -> crate::mlx::Result<Array> {
+                    let s = x.shape();
+                    x.reshape(&[s[0], s[1], 12, -1])?
+                        .transpose_axes(&[0, 2, 1, 3])
+                };
+                let (q, k, v) = (split(&p[0])?, split(&p[1])?, split(&p[2])?);
+                let scores = ops::matmul(&q, k.swap_axes(-1, -2)?)?.multiply(s(scale))?;
+                let out = ops::matmul(softmax_last(&scores)?, &v)?;
+                let sh = out.shape();
+                out.transpose_axes(&[0, 2, 1, 3])?
+                    .reshape(&[sh[0], sh[2], -1])?
+            };
+            Ok(vec![ops::sum(out.multiply(&g)?, false)?])
+        },
+        &a[..3],
+    )?;
+    Ok(grads)
+}
+fn ours_attention(a: &[Array]) -> crate::mlx::Result<Vec<Array>> {
+    attention_grads(a, true)
+}
+fn mlx_attention(a: &[Array]) -> crate::mlx::Result<Vec<Array>> {
+    attention_grads(a, false)
+}
+
 /// Median seconds of `reps` evaluations of `f` (after two warm-up calls).
 fn time(f: &Compiled, args: &[Array], reps: usize) -> Result<f64> {
     let mut times = Vec::with_capacity(reps);
@@ -130,12 +168,16 @@ pub fn run(reps: usize) -> Result<KernelReport> {
     let x_sc = random::normal::<f32>(&scores, None, Some(3.0), &key)?;
     let g_sc = random::normal::<f32>(&scores, None, None, &random::key(3)?)?;
     crate::mlx::eval(&[x_ffn.clone(), g_ffn.clone(), x_sc.clone(), g_sc.clone()])?;
+    let qkv: Vec<Array> = (10..14)
+        .map(|i| random::normal::<f32>(&[12, 128, 384], None, None, &random::key(i)?))
+        .collect::<crate::mlx::Result<_>>()?;
+    crate::mlx::eval(&qkv)?;
     if !applies(&x_ffn) {
         anyhow::bail!(
             "the CPU kernels are off (XTR_CPU_KERNELS) or the default device is not the CPU"
         );
     }
-    let cases: Vec<Case> = vec![
+    let mut cases: Vec<Case> = vec![
         (
             "gelu",
             ours_gelu,
@@ -179,6 +221,13 @@ pub fn run(reps: usize) -> Result<KernelReport> {
             vec![x_sc.clone(), key.clone()],
         ),
     ];
+    cases.push((
+        "attention GEMMs fwd+bwd",
+        ours_attention,
+        mlx_attention,
+        qkv.clone(),
+        qkv,
+    ));
     let mut rows = Vec::new();
     for (name, ours, mlx, ours_args, mlx_args) in cases {
         let shape = ours_args[0].shape().to_vec();

@@ -373,3 +373,60 @@ fn bad_input_is_an_error_not_a_crash() -> Result<()> {
     assert!(threads()? >= 1);
     Ok(())
 }
+
+/// Attention through MLX's ops: heads split out, matmul, softmax, merged.
+fn mlx_attention(q: &Array, k: &Array, v: &Array, heads: i32, scale: f32) -> Result<Array> {
+    let split = |x: &Array| -> Result<Array> {
+        let s = x.shape();
+        x.reshape(&[s[0], s[1], heads, -1])?
+            .transpose_axes(&[0, 2, 1, 3])
+    };
+    let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
+    let scores = ops::matmul(&qh, kh.swap_axes(-1, -2)?)?.multiply(scalar(scale))?;
+    let out = ops::matmul(ops::softmax_axis(&scores, -1, true)?, &vh)?;
+    let s = out.shape();
+    out.transpose_axes(&[0, 2, 1, 3])?
+        .reshape(&[s[0], s[2], -1])
+}
+
+#[test]
+fn per_head_products_match_mlx_attention_and_its_gradients() -> Result<()> {
+    // Queries and keys of different lengths, and enough heads (24 pairs) for
+    // the products to be spread over the pool.
+    let (b, s, t, heads, d) = (4, 5, 7, 6, 4);
+    let q = random::normal::<f32>(&[b, s, heads * d], None, None, &random::key(1)?)?;
+    let k = random::normal::<f32>(&[b, t, heads * d], None, None, &random::key(2)?)?;
+    let v = random::normal::<f32>(&[b, t, heads * d], None, None, &random::key(3)?)?;
+    let g = random::normal::<f32>(&[b, s, heads * d], None, None, &random::key(4)?)?;
+    let scale = 0.5;
+    let ours = |p: &[Array]| -> Result<Array> {
+        let scores = attention_scores(&p[0], &p[1], heads, scale)?;
+        attention_values(&softmax_last(&scores)?, &p[2], heads)
+    };
+    let args = [q.clone(), k.clone(), v.clone()];
+    let got = vals(&ours(&args)?);
+    let want = vals(&mlx_attention(&q, &k, &v, heads, scale)?);
+    assert_close(&got, &want, &want, 1e-5, 1e-6, "attention output");
+    let (_, ours_grads) = value_and_grad(
+        |p: &[Array]| Ok(vec![ops::sum(ours(p)?.multiply(&g)?, false)?]),
+        &args,
+    )?;
+    let (_, mlx_grads) = value_and_grad(
+        |p: &[Array]| {
+            let out = mlx_attention(&p[0], &p[1], &p[2], heads, scale)?;
+            Ok(vec![ops::sum(out.multiply(&g)?, false)?])
+        },
+        &args,
+    )?;
+    for (i, name) in ["dq", "dk", "dv"].iter().enumerate() {
+        let (o, m) = (vals(&ours_grads[i]), vals(&mlx_grads[i]));
+        assert_close(&o, &m, &m, 1e-4, 1e-5, name);
+    }
+    // Shapes that do not split into the heads are refused, not misread.
+    let err = attention_scores(&q, &k, 5, 1.0).expect_err("24 features are not 5 heads");
+    assert!(err.to_string().contains("heads"), "{err}");
+    let short = random::normal::<f32>(&[b, t, heads * 2], None, None, &random::key(5)?)?;
+    let err = attention_scores(&q, &short, heads, 1.0).expect_err("inner dims differ");
+    assert!(err.to_string().contains("inner dimensions"), "{err}");
+    Ok(())
+}

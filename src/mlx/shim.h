@@ -161,6 +161,8 @@ ArrayPtr xtr_gelu(const array &x, bool tanh_form);
 ArrayPtr xtr_softmax(const array &x);
 ArrayPtr xtr_dropout(const array &x, const array &key, float rate);
 uint32_t xtr_dropout_hash(uint64_t seed, uint64_t index);
+ArrayPtr xtr_attention_scores(const array &q, const array &k, int32_t heads, float scale);
+ArrayPtr xtr_attention_values(const array &probs, const array &v, int32_t heads);
 rust::String cpu_kernels_isa();
 rust::String set_cpu_kernels_isa(rust::Str name);
 int32_t cpu_kernel_threads();

@@ -5,7 +5,7 @@
 use anyhow::{bail, Result};
 use serde::Deserialize;
 
-use super::layers::{attention, mask_bias, merge_heads, split_heads, Activation, Ctx, Linear};
+use super::layers::{mask_bias, multi_head_attention, Activation, Ctx, Linear};
 use super::lora::{LinearLayer, LoraTarget};
 use super::weights::Weights;
 use crate::mlx::fast::layer_norm;
@@ -218,13 +218,12 @@ impl BertEncoder {
 
     fn self_attention(&self, ctx: &Ctx, l: &BertLayer, x: &Array, bias: &Array) -> Result<Array> {
         let heads = self.config.num_attention_heads;
-        let q = split_heads(&l.query.forward(ctx, x)?, heads)?;
-        let k = split_heads(&l.key.forward(ctx, x)?, heads)?;
-        let v = split_heads(&l.value.forward(ctx, x)?, heads)?;
+        let q = l.query.forward(ctx, x)?;
+        let k = l.key.forward(ctx, x)?;
+        let v = l.value.forward(ctx, x)?;
         let head_dim = self.hidden_size() / heads;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        let out = attention(ctx, &q, &k, &v, scale, bias, self.attention_dropout)?;
-        merge_heads(&out)
+        multi_head_attention(ctx, &q, &k, &v, heads, scale, bias, self.attention_dropout)
     }
 
     /// Calls `f` on every linear layer with its HF module path and LoRA target.

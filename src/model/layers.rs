@@ -208,6 +208,35 @@ pub fn merge_heads(x: &Array) -> Result<Array> {
     Ok(x.transpose_axes(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?)
 }
 
+/// Multi-head attention from the projections `q` `[B, S, heads·D]`, `k` and `v`
+/// `[B, T, heads·D]` to the merged heads `[B, S, heads·D]`: per head,
+/// `softmax(q kᵀ · scale + bias) v` with dropout `rate` on the probabilities
+/// when training. On the CPU (f32) our kernels take each head's matrices in
+/// place; elsewhere the heads are split out for [`attention`].
+#[allow(clippy::too_many_arguments)]
+pub fn multi_head_attention(
+    ctx: &Ctx,
+    q: &Array,
+    k: &Array,
+    v: &Array,
+    heads: i32,
+    scale: f32,
+    bias: &Array,
+    rate: f32,
+) -> Result<Array> {
+    if kernels::applies(q) {
+        let scores = kernels::attention_scores(q, k, heads, scale)?.add(bias)?;
+        let probs = ctx.dropout(&kernels::softmax_last(&scores)?, rate)?;
+        return kernels::attention_values(&probs, v, heads).context("attention");
+    }
+    let (q, k, v) = (
+        split_heads(q, heads)?,
+        split_heads(k, heads)?,
+        split_heads(v, heads)?,
+    );
+    merge_heads(&attention(ctx, &q, &k, &v, scale, bias, rate)?)
+}
+
 /// `softmax(q kᵀ · scale + bias) v`, with dropout `rate` on the attention
 /// probabilities when training. MLX's fused kernel runs it when dropout is off,
 /// except where our CPU softmax applies: MLX's CPU attention is the same

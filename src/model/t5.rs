@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use super::layers::{attention, mask_bias, merge_heads, split_heads, Activation, Ctx, Linear};
+use super::layers::{mask_bias, multi_head_attention, Activation, Ctx, Linear};
 use super::lora::{LinearLayer, LoraTarget};
 use super::weights::Weights;
 use crate::mlx::fast::rms_norm;
@@ -198,12 +198,12 @@ impl T5Encoder {
 
     fn self_attention(&self, ctx: &Ctx, b: &T5Block, x: &Array, bias: &Array) -> Result<Array> {
         let heads = self.config.num_heads;
-        let q = split_heads(&b.q.forward(ctx, x)?, heads)?;
-        let k = split_heads(&b.k.forward(ctx, x)?, heads)?;
-        let v = split_heads(&b.v.forward(ctx, x)?, heads)?;
+        let q = b.q.forward(ctx, x)?;
+        let k = b.k.forward(ctx, x)?;
+        let v = b.v.forward(ctx, x)?;
         // T5 folds the 1/sqrt(d) into its init, so scores are not scaled.
-        let out = attention(ctx, &q, &k, &v, 1.0, bias, self.dropout)?;
-        b.o.forward(ctx, &merge_heads(&out)?)
+        let out = multi_head_attention(ctx, &q, &k, &v, heads, 1.0, bias, self.dropout)?;
+        b.o.forward(ctx, &out)
     }
 
     fn feed_forward(&self, ctx: &Ctx, f: &T5Ffn, x: &Array) -> Result<Array> {

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <dlfcn.h>
 #include <cstdlib>
 #include <functional>
 #include <mutex>
@@ -401,6 +402,199 @@ array build(Op op, std::vector<array> inputs, float rate) {
                std::move(inputs));
 }
 
+
+// ---- per-head matrix products (attention without head transposes) ----
+//
+// Attention multiplies per (batch, head) matrices. With MLX's matmul the heads
+// must first be transposed out of the [B, L, H*D] projections into
+// [B, H, L, D] and copied (MLX's GEMM wants packed rows), and the result
+// transposed and copied back. HeadsGemm instead hands BLAS each head's matrix
+// in place, through its leading dimension:
+//   - a `Flat` operand is [B, R, H*C]: head h is the R x C block at column h*C;
+//   - a `Split` operand is [B, H, R, C], row-contiguous.
+// It computes C_bh = alpha * op(A_bh) op(B_bh) for every (b, h), with op a
+// transpose or not, and writes C in either layout. Its VJP is two more
+// HeadsGemms, so neither direction copies a head.
+
+extern "C" void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k,
+                            float alpha, const float *a, int lda, const float *b, int ldb,
+                            float beta, float *c, int ldc);
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+
+// OpenBLAS threads a product once M*N*K passes ~2.6e5 (unless its single-threaded
+// small-matrix kernel takes it). When our pool already runs one head per
+// thread, BLAS must not fan out again: these switch its threading off around
+// such a batch (OpenBLAS's own API, looked up at run time; absent elsewhere).
+struct BlasThreads {
+  using Set = void (*)(int);
+  using Get = int (*)();
+  Set set = reinterpret_cast<Set>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  Get get = reinterpret_cast<Get>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+};
+const BlasThreads &blas_threads() {
+  static BlasThreads b;
+  return b;
+}
+
+enum class Layout { Flat, Split };
+
+struct HeadsSpec {
+  bool ta, tb;
+  Layout la, lb, lc;
+  int heads;
+  float alpha;
+  bool operator==(const HeadsSpec &o) const {
+    return ta == o.ta && tb == o.tb && la == o.la && lb == o.lb && lc == o.lc &&
+           heads == o.heads && alpha == o.alpha;
+  }
+};
+
+// The stored (rows, cols) of one head's matrix in an operand.
+std::pair<int, int> head_dims(const array &x, Layout l, int heads) {
+  if (l == Layout::Flat) return {x.shape(1), x.shape(2) / heads};
+  return {x.shape(2), x.shape(3)};
+}
+
+array build_heads(const HeadsSpec &spec, array a, array b);
+
+class HeadsGemm : public mx::Primitive {
+public:
+  HeadsGemm(mx::Stream s, HeadsSpec spec) : mx::Primitive(s), spec_(spec) {}
+
+  void eval_cpu(const std::vector<array> &inputs, std::vector<array> &outputs) override {
+    array &out = outputs[0];
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto &enc = mx::cpu::get_command_encoder(stream());
+    enc.set_input_array(inputs[0]);
+    enc.set_input_array(inputs[1]);
+    enc.set_output_array(out);
+    const HeadsSpec sp = spec_;
+    const int H = sp.heads, B = inputs[0].shape(0);
+    auto [ra, ca] = head_dims(inputs[0], sp.la, H);
+    auto [rb, cb] = head_dims(inputs[1], sp.lb, H);
+    const int M = sp.ta ? ca : ra, K = sp.ta ? ra : ca, N = sp.tb ? rb : cb;
+    // Leading dimension and (b, h) offset of each operand's head matrix.
+    auto ld = [H](Layout l, int cols) { return l == Layout::Flat ? H * cols : cols; };
+    auto offset = [H](Layout l, int rows, int cols, int b, int h) -> size_t {
+      return l == Layout::Flat ? static_cast<size_t>(b) * rows * H * cols + size_t(h) * cols
+                               : (static_cast<size_t>(b) * H + h) * rows * size_t(cols);
+    };
+    const float *pa = inputs[0].data<float>(), *pb = inputs[1].data<float>();
+    float *pc = out.data<float>();
+    enc.dispatch([=]() {
+      const int lda = ld(sp.la, ca), ldb = ld(sp.lb, cb), ldc = ld(sp.lc, N);
+      auto one = [&](size_t i) {
+        int b = static_cast<int>(i / H), h = static_cast<int>(i % H);
+        cblas_sgemm(kRowMajor, sp.ta ? kTrans : kNoTrans, sp.tb ? kTrans : kNoTrans, M, N, K,
+                    sp.alpha, pa + offset(sp.la, ra, ca, b, h), lda,
+                    pb + offset(sp.lb, rb, cb, b, h), ldb, 0.0f,
+                    pc + offset(sp.lc, M, N, b, h), ldc);
+      };
+      size_t pairs = static_cast<size_t>(B) * H;
+      // Products this small take OpenBLAS's single-threaded small-matrix path,
+      // so the heads themselves are spread over the pool; larger ones are
+      // threaded inside BLAS.
+      const BlasThreads &bt = blas_threads();
+      Pool &p = pool();
+      if (static_cast<double>(M) * N * K <= 4194304.0 && pairs >= 2 * size_t(p.threads()) &&
+          bt.set && bt.get) {
+        size_t parts = std::min<size_t>(pairs, static_cast<size_t>(p.threads()));
+        size_t step = (pairs + parts - 1) / parts;
+        int before = bt.get();
+        bt.set(1);
+        p.run(parts, [&](size_t part) {
+          for (size_t i = part * step; i < std::min(pairs, (part + 1) * step); ++i) one(i);
+        });
+        bt.set(before);
+      } else {
+        for (size_t i = 0; i < pairs; ++i) one(i);
+      }
+    });
+  }
+
+  void eval_gpu(const std::vector<array> &, std::vector<array> &) override {
+    throw std::runtime_error("XtrHeadsGemm is a CPU kernel; GPU graphs use MLX's own ops");
+  }
+
+  std::vector<array> vjp(const std::vector<array> &primals,
+                         const std::vector<array> &cotangents,
+                         const std::vector<int> &argnums,
+                         const std::vector<array> &) override {
+    const HeadsSpec &s = spec_;
+    const array &a = primals[0], &b = primals[1], &dc = cotangents[0];
+    std::vector<array> grads;
+    for (int arg : argnums) {
+      if (arg == 0) {
+        grads.push_back(
+            s.ta ? build_heads({s.tb, true, s.lb, s.lc, s.la, s.heads, s.alpha}, b, dc)
+                 : build_heads({false, !s.tb, s.lc, s.lb, s.la, s.heads, s.alpha}, dc, b));
+      } else {
+        grads.push_back(
+            s.tb ? build_heads({true, s.ta, s.lc, s.la, s.lb, s.heads, s.alpha}, dc, a)
+                 : build_heads({!s.ta, false, s.la, s.lc, s.lb, s.heads, s.alpha}, a, dc));
+      }
+    }
+    return grads;
+  }
+
+  std::pair<std::vector<array>, std::vector<int>> vmap(const std::vector<array> &,
+                                                       const std::vector<int> &) override {
+    throw std::invalid_argument("XtrHeadsGemm does not support vmap");
+  }
+
+  const char *name() const override { return "XtrHeadsGemm"; }
+
+  bool is_equivalent(const mx::Primitive &other) const override {
+    const auto *o = dynamic_cast<const HeadsGemm *>(&other);
+    return o && o->spec_ == spec_;
+  }
+
+private:
+  HeadsSpec spec_;
+};
+
+array build_heads(const HeadsSpec &spec, array a, array b) {
+  auto s = mx::to_stream({});
+  if (s.device != mx::Device::cpu)
+    throw std::invalid_argument("xtr CPU kernels need the CPU device");
+  const int H = spec.heads;
+  if (H < 1) throw std::invalid_argument("heads must be positive");
+  for (const array *x : {&a, &b}) {
+    if (x->dtype() != mx::float32)
+      throw std::invalid_argument("xtr CPU kernels take float32 arrays");
+  }
+  auto check = [H](const array &x, Layout l, const char *what) {
+    bool ok = l == Layout::Flat ? x.ndim() == 3 && x.shape(2) % H == 0
+                                : x.ndim() == 4 && x.shape(1) == H;
+    if (!ok)
+      throw std::invalid_argument(std::string("heads matmul: ") + what + " has shape " +
+                                  [&] {
+                                    std::string r = "[";
+                                    for (size_t i = 0; i < x.ndim(); ++i)
+                                      r += (i ? ", " : "") + std::to_string(x.shape(i));
+                                    return r + "]";
+                                  }() +
+                                  (l == Layout::Flat ? ", expected [B, L, heads*D]"
+                                                     : ", expected [B, heads, L, D]"));
+  };
+  check(a, spec.la, "the left operand");
+  check(b, spec.lb, "the right operand");
+  if (a.shape(0) != b.shape(0)) throw std::invalid_argument("heads matmul: batch sizes differ");
+  auto [ra, ca] = head_dims(a, spec.la, H);
+  auto [rb, cb] = head_dims(b, spec.lb, H);
+  int M = spec.ta ? ca : ra, K = spec.ta ? ra : ca, K2 = spec.tb ? cb : rb,
+      N = spec.tb ? rb : cb;
+  if (K != K2)
+    throw std::invalid_argument("heads matmul: inner dimensions differ (" + std::to_string(K) +
+                                " vs " + std::to_string(K2) + ")");
+  mx::Shape shape = spec.lc == Layout::Flat ? mx::Shape{a.shape(0), M, H * N}
+                                            : mx::Shape{a.shape(0), H, M, N};
+  a = mx::contiguous(a, false, s);
+  b = mx::contiguous(b, false, s);
+  return array(std::move(shape), mx::float32, std::make_shared<HeadsGemm>(s, spec),
+               {std::move(a), std::move(b)});
+}
+
 } // namespace
 } // namespace cpu
 
@@ -429,5 +623,16 @@ rust::String set_cpu_kernels_isa(rust::Str name) {
   return rust::String(k->isa);
 }
 int32_t cpu_kernel_threads() { return cpu::pool().threads(); }
+
+ArrayPtr xtr_attention_scores(const array &q, const array &k, int32_t heads, float scale) {
+  using cpu::Layout;
+  return std::make_unique<array>(cpu::build_heads(
+      {false, true, Layout::Flat, Layout::Flat, Layout::Split, heads, scale}, q, k));
+}
+ArrayPtr xtr_attention_values(const array &probs, const array &v, int32_t heads) {
+  using cpu::Layout;
+  return std::make_unique<array>(cpu::build_heads(
+      {false, false, Layout::Split, Layout::Flat, Layout::Flat, heads, 1.0f}, probs, v));
+}
 
 } // namespace xtr_mlx
