@@ -47,6 +47,8 @@ pub struct StageSpec {
     pub params: Node,
     /// Where the stage's table starts.
     pub origin: Origin,
+    /// The pipeline file's directory: relative paths in params resolve against it.
+    pub dir: PathBuf,
 }
 
 /// A `--set STAGE.PATH=VALUE` override.
@@ -182,6 +184,7 @@ impl Pipeline {
                 needs,
                 params: raw.params,
                 origin: raw.origin,
+                dir: dir.clone(),
             });
         }
         let all_needs: Vec<Vec<usize>> = stages.iter().map(|s| s.needs.clone()).collect();
