@@ -148,7 +148,7 @@ pub fn query(lines: &[String], first_paragraph: bool) -> String {
         }
         current.push(t);
     }
-    if !current.is_empty() && !(first_paragraph && !paragraphs.is_empty()) {
+    if !current.is_empty() && (!first_paragraph || paragraphs.is_empty()) {
         paragraphs.push(current.join(" "));
     }
     paragraphs

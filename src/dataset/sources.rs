@@ -294,15 +294,18 @@ fn walk_dir(
             walk_dir(&path, &format!("{rel}/"), filter, skips, out);
             continue;
         }
+        let target = file_type.is_symlink().then(|| std::fs::metadata(&path));
+        if let Some(Ok(m)) = &target {
+            if m.is_dir() {
+                skips.symlinked_dirs += 1;
+                continue;
+            }
+        }
         if !filter.wants(&rel) {
             continue;
         }
-        let meta = if file_type.is_symlink() {
-            match std::fs::metadata(&path) {
-                Ok(m) if m.is_dir() => {
-                    skips.symlinked_dirs += 1;
-                    continue;
-                }
+        let meta = if let Some(target) = target {
+            match target {
                 Ok(m) => m,
                 Err(_) => {
                     skips.broken_links += 1;

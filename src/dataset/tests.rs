@@ -8,8 +8,11 @@ fn params() -> Params {
     serde_json::from_value(serde_json::json!({ "sources": [] })).expect("defaults")
 }
 
+/// (symbol, item, start line, end line, query)
+type Row = (String, String, u32, u32, String);
+
 /// (symbol, item, start, end, query) of every pair in one fixture file, and the codes.
-fn pairs(lang: Lang, rel: &str) -> (Vec<(String, String, u32, u32, String)>, Vec<String>, Stats) {
+fn pairs(lang: Lang, rel: &str) -> (Vec<Row>, Vec<String>, Stats) {
     let path = std::path::Path::new(FIXTURES).join(rel);
     let size = std::fs::metadata(&path).expect("fixture").len();
     let job = Job {
@@ -45,17 +48,11 @@ fn pairs(lang: Lang, rel: &str) -> (Vec<(String, String, u32, u32, String)>, Vec
     (rows, codes, stats)
 }
 
-fn row(
-    symbol: &str,
-    item: &str,
-    start: u32,
-    end: u32,
-    query: &str,
-) -> (String, String, u32, u32, String) {
+fn row(symbol: &str, item: &str, start: u32, end: u32, query: &str) -> Row {
     (symbol.into(), item.into(), start, end, query.into())
 }
 
-fn rows(lang: Lang, rel: &str) -> Vec<(String, String, u32, u32, String)> {
+fn rows(lang: Lang, rel: &str) -> Vec<Row> {
     pairs(lang, rel).0
 }
 

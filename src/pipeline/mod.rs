@@ -18,7 +18,10 @@ const TOP_KEYS: &[&str] = &["pipeline", "stage"];
 const PIPELINE_KEYS: &[&str] = &["name", "store", "reports", "description"];
 
 /// Built-in templates, so `uses = "<kind>"` works without a `stages/` directory.
-const BUILTIN_TEMPLATES: &[(&str, &str)] = &[("cmd", include_str!("../../stages/cmd.toml"))];
+const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
+    ("cmd", include_str!("../../stages/cmd.toml")),
+    ("dataset", include_str!("../../stages/dataset.toml")),
+];
 
 /// A parsed, validated pipeline.
 #[derive(Debug)]
