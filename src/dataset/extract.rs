@@ -205,7 +205,12 @@ fn build_item(
     if code.trim().is_empty() {
         return None;
     }
-    let first_line = code_start_line(source, begin, &remove);
+    let begin_row = if start.start_byte() <= anchor.start_byte() {
+        start.start_position().row
+    } else {
+        anchor.start_position().row
+    };
+    let first_line = code_start_line(source, begin, begin_row, &remove);
     let end_line = anchor.end_position().row as u32 + 1;
     let short = if node.kind() == "method_definition" && lang == Lang::Objc {
         objc_selector(source, node)
@@ -283,7 +288,7 @@ fn rust_file_module(source: &str, root: Node<'_>, stem: &str) -> Option<Item> {
     Some(Item {
         symbol: stem.to_string(),
         item: "module".to_string(),
-        start_line: code_start_line(source, 0, &remove),
+        start_line: code_start_line(source, 0, 0, &remove),
         end_line: root.end_position().row as u32 + 1,
         doc,
         code,
@@ -489,7 +494,12 @@ pub fn code_text(
 }
 
 /// The 1-based line where the kept code starts (after any removed leading doc).
-fn code_start_line(source: &str, begin: usize, remove: &[std::ops::Range<usize>]) -> u32 {
+fn code_start_line(
+    source: &str,
+    begin: usize,
+    begin_row: usize,
+    remove: &[std::ops::Range<usize>],
+) -> u32 {
     let mut start = begin;
     let mut cuts: Vec<(usize, usize)> = remove.iter().map(|r| line_range(source, r)).collect();
     cuts.sort();
@@ -502,5 +512,6 @@ fn code_start_line(source: &str, begin: usize, remove: &[std::ops::Range<usize>]
     while start < bytes.len() && bytes[start].is_ascii_whitespace() {
         start += 1;
     }
-    source[..start.min(source.len())].matches('\n').count() as u32 + 1
+    let end = start.min(bytes.len());
+    (begin_row + bytes[begin..end].iter().filter(|&&b| b == b'\n').count()) as u32 + 1
 }
