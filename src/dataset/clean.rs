@@ -59,10 +59,11 @@ pub fn docstring_lines(literal: &str) -> Vec<String> {
 
 /// Remove the indentation common to all non-blank lines.
 fn dedent(lines: &mut [String]) {
+    // Only ASCII blanks count as indentation, so slicing stays on char boundaries.
     let indent = lines
         .iter()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| l.len() - l.trim_start().len())
+        .map(|l| l.len() - l.trim_start_matches([' ', '\t']).len())
         .min()
         .unwrap_or(0);
     for line in lines.iter_mut() {
@@ -256,8 +257,10 @@ fn strip_role_suffix(text: &str) -> String {
     }
     let body = &t[..t.len() - 1];
     let start = body
-        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == ':' || c == '_'))
-        .map(|i| i + 1)
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == ':' || c == '_'))
+        .map(|(i, c)| i + c.len_utf8())
         .unwrap_or(0);
     let role = &body[start..];
     if role.starts_with(':') && role.len() > 1 {
@@ -342,6 +345,14 @@ mod tests {
             "a < b holds iff b > a (see https://x)."
         );
         assert_eq!(q("/-- x <y -/"), "x <y");
+    }
+
+    #[test]
+    fn unicode_blanks_and_accents_do_not_split_chars() {
+        let lines = docstring_lines("\"\"\"Résumé.\n\u{3000}Wide indent.\n  Narrow.\n\"\"\"");
+        assert_eq!(query(&lines, true), "Résumé. Wide indent. Narrow.");
+        assert_eq!(inline("café:meth:`x`"), "caféx");
+        assert_eq!(inline("é :meth:`x`"), "é x");
     }
 
     #[test]

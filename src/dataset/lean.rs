@@ -67,15 +67,16 @@ fn scan(src: &str) -> (Vec<Doc>, Vec<bool>) {
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
-        let next = b.get(i + 1).copied();
         if c == b'\n' {
             inside.push(depth > 0 || in_string);
             i += 1;
             continue;
         }
+        let next = b.get(i + 1).copied();
         if in_string {
             match c {
-                b'\\' => i += 2,
+                // An escape, but never past a line end (string gaps).
+                b'\\' if next != Some(b'\n') => i += 2,
                 b'"' => {
                     in_string = false;
                     i += 1;
@@ -117,8 +118,12 @@ fn scan(src: &str) -> (Vec<Doc>, Vec<bool>) {
                 in_string = true;
                 i += 1;
             }
-            (b'\'', _) if b.get(i + 2) == Some(&b'\'') && next != Some(b'\\') => i += 3,
-            (b'\'', Some(b'\\')) if b.get(i + 3) == Some(&b'\'') => i += 4,
+            (b'\'', Some(n)) if b.get(i + 2) == Some(&b'\'') && n != b'\\' && n != b'\n' => i += 3,
+            (b'\'', Some(b'\\'))
+                if b.get(i + 3) == Some(&b'\'') && b.get(i + 2) != Some(&b'\n') =>
+            {
+                i += 4
+            }
             _ => i += 1,
         }
     }
@@ -305,5 +310,37 @@ fn track_scope(line: &str, stack: &mut Vec<Option<String>>) {
             stack.pop();
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(src: &str) -> Vec<(String, u32, u32)> {
+        extract(src)
+            .items
+            .into_iter()
+            .map(|i| (i.symbol, i.start_line, i.end_line))
+            .collect()
+    }
+
+    #[test]
+    fn field_docs_and_syntax_docs_are_not_declarations() {
+        let src = "structure S where\n  /-- A field. -/\n  x : Nat\n\n/-- Syntax. -/\nsyntax \"foo\" : term\n\n/-- Kept. -/\ndef k := 1\n";
+        assert_eq!(names(src), [("k".to_string(), 9, 9)]);
+    }
+
+    #[test]
+    fn string_gaps_and_char_literals_keep_lines_aligned() {
+        let src = "/-- One. -/\ndef a : String := \"x\\\n  y\"\n/-- Two. -/\ndef b : Char := '\\n'\n/-- Three. -/\nclass inductive C | mk\n";
+        assert_eq!(
+            names(src),
+            [
+                ("a".to_string(), 2, 3),
+                ("b".to_string(), 5, 5),
+                ("C".to_string(), 7, 7)
+            ]
+        );
     }
 }

@@ -507,3 +507,35 @@ fn splits_are_seeded_and_grouped_by_file() {
         .count();
     assert!(moved > 10, "the seed changes the split");
 }
+
+#[test]
+fn truncated_sources_never_panic() {
+    for (lang, rel) in [
+        (Lang::Rust, "rust/src/lib.rs"),
+        (Lang::Python, "python/pkg/shapes.py"),
+        (Lang::Lean, "lean/Geo/Basic.lean"),
+        (Lang::Swift, "swift/Shapes.swift"),
+        (Lang::Java, "java/src/main/Stack.java"),
+        (Lang::Typescript, "typescript/queue.ts"),
+        (Lang::Cpp, "cpp/vec.cpp"),
+        (Lang::Objc, "objc/Counter.m"),
+    ] {
+        let text = std::fs::read_to_string(std::path::Path::new(FIXTURES).join(rel)).unwrap();
+        let compiled = lang::grammar(lang).map(|g| extract::Compiled::new(g).unwrap());
+        let cuts: Vec<usize> = text.char_indices().map(|(i, _)| i).step_by(5).collect();
+        for cut in cuts {
+            let part = &text[..cut];
+            let items = match &compiled {
+                Some(g) => extract::extract(lang, g, part, "x").unwrap().items,
+                None => lean::extract(part).items,
+            };
+            for item in items {
+                let q = clean::query(&item.doc, true);
+                assert!(
+                    item.start_line <= item.end_line + 1,
+                    "{rel} cut at {cut}: {q}"
+                );
+            }
+        }
+    }
+}
