@@ -69,6 +69,22 @@ impl Lang {
     }
 }
 
+impl Lang {
+    /// Substrings that every doc comment of the language contains; a file with
+    /// none of them holds no pair. `None`: no such cheap test (Python docstrings
+    /// are plain strings).
+    pub fn doc_markers(self) -> Option<&'static [&'static str]> {
+        match self {
+            Lang::Python => None,
+            Lang::Lean => Some(&["/--"]),
+            Lang::Java | Lang::Typescript => Some(&["/**"]),
+            Lang::Rust | Lang::Swift | Lang::Cpp | Lang::Objc => {
+                Some(&["///", "//!", "/**", "/*!"])
+            }
+        }
+    }
+}
+
 impl fmt::Display for Lang {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use lang::Lang;
 use sources::{FileEntry, Filter, Root, WalkSkips};
-use stats::Stats;
+use stats::{Filtered, Stats};
 
 /// One source of files.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,9 +146,22 @@ pub struct Pair {
     pub split: &'static str,
 }
 
+/// What became of one file once filtered.
+enum Admitted {
+    Skipped(&'static str),
+    NoDocs,
+    Parsed {
+        syntax_errors: bool,
+        pairs: Vec<Pair>,
+        filtered: Filtered,
+    },
+}
+
 /// What became of one file.
 enum FileOutcome {
     Skipped(&'static str),
+    /// Read, but it holds no doc comment marker: not parsed.
+    NoDocs,
     Parsed(extract::FileItems),
 }
 
@@ -202,7 +215,8 @@ pub fn build(
     };
 
     let bar = progress_bar(jobs.len() as u64);
-    let outcomes: Vec<(u64, FileOutcome)> = jobs
+    let started = std::time::Instant::now();
+    let outcomes: Vec<(u64, Admitted)> = jobs
         .par_iter()
         .map(|job| {
             if cancel.load(Ordering::Relaxed) {
@@ -213,35 +227,62 @@ pub fn build(
             } else {
                 compiled.get(&job.lang)
             };
-            let out = read_and_extract(params, job, grammar);
+            let (bytes, outcome) = read_and_extract(params, job, grammar);
+            // Filters run here too, in parallel; only their counts are merged below.
+            let outcome = match outcome {
+                FileOutcome::Parsed(items) => {
+                    let mut filtered = Filtered::default();
+                    let syntax_errors = items.syntax_errors;
+                    let pairs = items
+                        .items
+                        .into_iter()
+                        .filter_map(|item| {
+                            filtered.documented_items += 1;
+                            admit(params, job, item, &mut filtered)
+                        })
+                        .collect();
+                    Admitted::Parsed {
+                        syntax_errors,
+                        pairs,
+                        filtered,
+                    }
+                }
+                FileOutcome::Skipped(why) => Admitted::Skipped(why),
+                FileOutcome::NoDocs => Admitted::NoDocs,
+            };
             bar.inc(1);
-            Ok(out)
+            Ok((bytes, outcome))
         })
         .collect::<Result<_>>()?;
     bar.finish_and_clear();
+    let extracted_at = std::time::Instant::now();
 
     let mut candidates = Vec::new();
     for (job, (bytes, outcome)) in jobs.iter().zip(outcomes) {
         stats.files.seen += 1;
-        let items = match outcome {
-            FileOutcome::Skipped(why) => {
+        let (syntax_errors, pairs, filtered) = match outcome {
+            Admitted::Skipped(why) => {
                 stats.files.count_skip(why);
                 continue;
             }
-            FileOutcome::Parsed(items) => items,
+            Admitted::Parsed {
+                syntax_errors,
+                pairs,
+                filtered,
+            } => (syntax_errors, pairs, filtered),
+            Admitted::NoDocs => {
+                stats.files.without_doc_comments += 1;
+                (false, Vec::new(), Filtered::default())
+            }
         };
         stats.files.parsed += 1;
         stats.bytes += bytes;
         *stats.bytes_per_language.entry(job.lang).or_default() += bytes;
-        if items.syntax_errors {
+        if syntax_errors {
             stats.files.with_syntax_errors += 1;
         }
-        for item in items.items {
-            stats.filtered.documented_items += 1;
-            if let Some(pair) = admit(params, job, item, &mut stats) {
-                candidates.push(pair);
-            }
-        }
+        stats.filtered.add(&filtered);
+        candidates.extend(pairs);
     }
 
     let mut seen_code = HashSet::new();
@@ -280,7 +321,15 @@ pub fn build(
         ))
     });
     stats.record_pairs(&pairs);
+    let written_at = std::time::Instant::now();
     writer::write_parquet(&pairs, &out_dir.join("pairs.parquet"))?;
+    writeln!(
+        log,
+        "timings: read+parse+filter {:.1}s, dedupe+split {:.1}s, parquet {:.1}s",
+        (extracted_at - started).as_secs_f64(),
+        (written_at - extracted_at).as_secs_f64(),
+        written_at.elapsed().as_secs_f64()
+    )?;
     let json = serde_json::to_string_pretty(&stats).context("encoding stats.json")?;
     std::fs::write(out_dir.join("stats.json"), json + "\n").context("writing stats.json")?;
     writeln!(
@@ -382,6 +431,12 @@ fn read_and_extract(
         .next()
         .and_then(|f| f.split('.').next())
         .unwrap_or_default();
+    if let Some(markers) = job.lang.doc_markers() {
+        if !markers.iter().any(|m| text.contains(m)) {
+            // No doc comment, so no pair: skip the parse.
+            return (size, FileOutcome::NoDocs);
+        }
+    }
     let items = match (job.lang, grammar) {
         (Lang::Lean, _) => lean::extract(&text),
         (_, Some(g)) => match extract::extract(job.lang, g, &text, stem) {
@@ -394,8 +449,7 @@ fn read_and_extract(
 }
 
 /// Apply the per-item filters; `None` when one drops it (counted).
-fn admit(params: &Params, job: &Job<'_>, item: extract::Item, stats: &mut Stats) -> Option<Pair> {
-    let f = &mut stats.filtered;
+fn admit(params: &Params, job: &Job<'_>, item: extract::Item, f: &mut Filtered) -> Option<Pair> {
     if params.drop_tests && item.test {
         f.test_items += 1;
         return None;

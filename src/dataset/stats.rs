@@ -48,7 +48,11 @@ impl SplitCounts {
 pub struct FileStats {
     /// Files that matched a source's globs.
     pub seen: u64,
+    /// Files read and searched for pairs (all but the skipped ones below).
     pub parsed: u64,
+    /// Of those, files without any doc comment marker (`///`, `/**`, ...): not
+    /// handed to tree-sitter, since they cannot hold a pair.
+    pub without_doc_comments: u64,
     /// Parsed files whose tree holds syntax errors (their broken items are dropped).
     pub with_syntax_errors: u64,
     pub too_large: u64,
@@ -87,6 +91,18 @@ pub struct Filtered {
     pub query_too_long: u64,
     pub code_too_short: u64,
     pub code_too_long: u64,
+}
+
+impl Filtered {
+    pub fn add(&mut self, o: &Filtered) {
+        self.documented_items += o.documented_items;
+        self.test_items += o.test_items;
+        self.syntax_error_items += o.syntax_error_items;
+        self.query_too_short += o.query_too_short;
+        self.query_too_long += o.query_too_long;
+        self.code_too_short += o.code_too_short;
+        self.code_too_long += o.code_too_long;
+    }
 }
 
 #[derive(Debug, Default, Serialize)]

@@ -34,7 +34,7 @@ fn pairs(lang: Lang, rel: &str) -> (Vec<Row>, Vec<String>, Stats) {
     let mut rows = Vec::new();
     let mut codes = Vec::new();
     for item in items.items {
-        if let Some(pair) = admit(&p, &job, item, &mut stats) {
+        if let Some(pair) = admit(&p, &job, item, &mut stats.filtered) {
             rows.push((
                 pair.symbol,
                 pair.item,
