@@ -16,6 +16,14 @@ use super::lang::Lang;
 
 /// Expand `${NAME}` references. The error names the variable.
 pub fn expand_vars(text: &str) -> Result<String, String> {
+    expand_vars_with(text, &variable)
+}
+
+/// [`expand_vars`] with the variables looked up by `lookup` (tests use a map).
+fn expand_vars_with(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -25,7 +33,7 @@ pub fn expand_vars(text: &str) -> Result<String, String> {
             return Err(format!("unclosed `${{` in `{text}`"));
         };
         let name = &after[..end];
-        out.push_str(&variable(name)?);
+        out.push_str(&lookup(name)?);
         rest = &after[end + 1..];
     }
     out.push_str(rest);
@@ -88,7 +96,15 @@ pub struct Root {
 /// Resolve a source path (variables, then a glob if it has one) against `dir`.
 /// An error says which path did not exist or matched nothing.
 pub fn resolve(written: &str, dir: &Path) -> Result<Vec<Root>, String> {
-    let expanded = expand_vars(written)?;
+    resolve_with(written, dir, &variable)
+}
+
+fn resolve_with(
+    written: &str,
+    dir: &Path,
+    lookup: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<Vec<Root>, String> {
+    let expanded = expand_vars_with(written, lookup)?;
     let Some(meta) = first_meta(&expanded) else {
         let path = dir.join(&expanded);
         if std::fs::symlink_metadata(&path).is_err() {
@@ -335,12 +351,29 @@ fn walk_dir(
 mod tests {
     use super::*;
 
+    fn vars<'a>(map: &'a [(&'a str, String)]) -> impl Fn(&str) -> Result<String, String> + 'a {
+        move |name: &str| {
+            map.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| format!("`${{{name}}}` is not set"))
+        }
+    }
+
     #[test]
     fn variables_expand_and_unknown_ones_are_named() {
-        std::env::set_var("XTR_TEST_ROOT", "/data");
-        assert_eq!(expand_vars("${XTR_TEST_ROOT}/x").unwrap(), "/data/x");
-        let err = expand_vars("${XTR_SURELY_UNSET_VAR}/x").unwrap_err();
-        assert!(err.contains("XTR_SURELY_UNSET_VAR"), "{err}");
+        let map = [("ROOT", "/data".to_string())];
+        assert_eq!(
+            expand_vars_with("${ROOT}/x", &vars(&map)).unwrap(),
+            "/data/x"
+        );
+        let err = expand_vars_with("${NOPE}/x", &vars(&map)).unwrap_err();
+        assert!(err.contains("NOPE"), "{err}");
+        let err = expand_vars("${XTR_SURELY_UNSET_VARIABLE}").unwrap_err();
+        assert!(
+            err.contains("XTR_SURELY_UNSET_VARIABLE is not set"),
+            "{err}"
+        );
         assert_eq!(first_meta("${A}/b/*"), Some(7));
     }
 
@@ -354,18 +387,13 @@ mod tests {
         ] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
-        std::env::set_var("XTR_TEST_REG", dir.path().join("reg"));
-        let roots = resolve("${XTR_TEST_REG}/*/serde-*", Path::new("/")).unwrap();
+        let map = [("REG", dir.path().join("reg").to_string_lossy().into_owned())];
+        let lookup = vars(&map);
+        let roots = resolve_with("${REG}/*/serde-*", Path::new("/"), &lookup).unwrap();
         let names: Vec<&str> = roots.iter().map(|r| r.display.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "${XTR_TEST_REG}/idx/serde-1.0.1",
-                "${XTR_TEST_REG}/idx/serde-1.0.2"
-            ]
-        );
+        assert_eq!(names, ["${REG}/idx/serde-1.0.1", "${REG}/idx/serde-1.0.2"]);
         assert_eq!(roots[0].path, dir.path().join("reg/idx/serde-1.0.1"));
-        let err = resolve("${XTR_TEST_REG}/*/nothing-*", Path::new("/")).unwrap_err();
+        let err = resolve_with("${REG}/*/nothing-*", Path::new("/"), &lookup).unwrap_err();
         assert!(err.contains("matches nothing"), "{err}");
         let err = resolve("missing/dir", dir.path()).unwrap_err();
         assert!(err.contains("`missing/dir` does not exist"), "{err}");
