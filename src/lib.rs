@@ -4,11 +4,13 @@
 //!
 //! Modules, each with one concern: [`pipeline`] (the TOML schema and DAG),
 //! [`store`] (content-addressed artifacts, history), [`exec`] (planning and
-//! scheduling), [`stages`] (the built-in stage kinds), [`mlx`] (our binding over
+//! scheduling), [`stages`] (the built-in stage kinds), [`dataset`] (code-search pairs from
+//! source trees), [`mlx`] (our binding over
 //! MLX's C++ API), [`model`] (T5/BERT encoders, heads, LoRA), [`train`] (loss,
 //! optimizer, the train step), [`cli`] (the commands).
 
 pub mod cli;
+pub mod dataset;
 pub mod exec;
 pub mod mlx;
 pub mod model;

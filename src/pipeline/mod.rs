@@ -18,7 +18,10 @@ const TOP_KEYS: &[&str] = &["pipeline", "stage"];
 const PIPELINE_KEYS: &[&str] = &["name", "store", "reports", "description"];
 
 /// Built-in templates, so `uses = "<kind>"` works without a `stages/` directory.
-const BUILTIN_TEMPLATES: &[(&str, &str)] = &[("cmd", include_str!("../../stages/cmd.toml"))];
+const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
+    ("cmd", include_str!("../../stages/cmd.toml")),
+    ("dataset", include_str!("../../stages/dataset.toml")),
+];
 
 /// A parsed, validated pipeline.
 #[derive(Debug)]
@@ -47,6 +50,8 @@ pub struct StageSpec {
     pub params: Node,
     /// Where the stage's table starts.
     pub origin: Origin,
+    /// The pipeline file's directory: relative paths in params resolve against it.
+    pub dir: PathBuf,
 }
 
 /// A `--set STAGE.PATH=VALUE` override.
@@ -182,6 +187,7 @@ impl Pipeline {
                 needs,
                 params: raw.params,
                 origin: raw.origin,
+                dir: dir.clone(),
             });
         }
         let all_needs: Vec<Vec<usize>> = stages.iter().map(|s| s.needs.clone()).collect();

@@ -2,6 +2,7 @@
 //! pipeline (typed, with located errors), names what enters its key, and runs.
 
 pub mod cmd;
+pub mod dataset;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -47,7 +48,7 @@ pub struct Kind {
     configure: fn(&StageSpec) -> Result<Box<dyn Stage>, ConfigError>,
 }
 
-pub static KINDS: &[Kind] = &[cmd::KIND];
+pub static KINDS: &[Kind] = &[cmd::KIND, dataset::KIND];
 
 /// The error a stage returns when it stopped because of [`StageContext::cancel`].
 #[derive(Debug, thiserror::Error)]

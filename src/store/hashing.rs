@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use rayon::prelude::*;
 
 use super::db::{Db, FileStamp};
@@ -207,7 +207,8 @@ type Entry = (String, PathBuf, std::fs::Metadata);
 /// Regular files under `dir`, memoised per directory so overlapping deps (a
 /// directory and its parent) stat each file once; subdirectories are walked in
 /// parallel (a no-op run is mostly `stat` calls). Symlinks to files are followed,
-/// symlinked directories are not, so a link loop cannot trap the walk.
+/// symlinked directories are not, so a link loop cannot trap the walk; dangling
+/// links (and link loops) are skipped.
 fn walk(
     dir: &Path,
     exclude: &[PathBuf],
@@ -235,7 +236,9 @@ fn walk(
             match std::fs::metadata(&path) {
                 Ok(m) if m.is_file() => m,
                 Ok(_) => continue,
-                Err(e) => bail!("broken symlink {}: {e}", path.display()),
+                // A dangling link or a link loop has no content: it cannot
+                // change a stage's output, so it does not enter the digest.
+                Err(_) => continue,
             }
         } else if file_type.is_file() {
             entry.metadata()?
@@ -314,6 +317,20 @@ mod tests {
         let mut h = Hasher::new(&db, vec![]).unwrap();
         assert_ne!(h.tree(&file).unwrap().digest, first.digest);
         assert_eq!(h.stats.files_hashed, 1);
+    }
+
+    #[test]
+    fn dangling_links_and_link_loops_are_skipped() {
+        let (dir, db) = setup();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("a.txt"), "a").unwrap();
+        std::os::unix::fs::symlink(src.join("nowhere"), src.join("dangling")).unwrap();
+        std::os::unix::fs::symlink(src.join("loop2"), src.join("loop1")).unwrap();
+        std::os::unix::fs::symlink(src.join("loop1"), src.join("loop2")).unwrap();
+        let tree = Hasher::new(&db, vec![]).unwrap().tree(&src).unwrap();
+        let names: Vec<&str> = tree.files.iter().map(|f| f.0.as_str()).collect();
+        assert_eq!(names, ["a.txt"]);
     }
 
     #[test]
