@@ -5,13 +5,14 @@
 #
 #   scripts/gpu-check.sh BIN_DIR [PYTHON]
 #
-# BIN_DIR holds `xtr-pipe` and `xtr-pipe-tests` (the lib test binary), built on a
+# BIN_DIR holds `xtr-pipe` and `xtr-pipe-tests` (the lib test binary; or their .xz), built on a
 # CPU machine against the mlx-cpu wheel of the same version (scripts/build-gpu-kit.sh);
 # they run against the CUDA libmlx through LD_LIBRARY_PATH. PYTHON (default
 # /opt/torch/.venv/bin/python) runs the PyTorch side of the benchmarks.
 set -uo pipefail
 bin=${1:?usage: gpu-check.sh BIN_DIR [PYTHON]}; py=${2:-/opt/torch/.venv/bin/python}
 libdir=${MLX_LIBDIR:-$(cat /root/mlxkit/libdir 2>/dev/null)}
+for f in "$bin"/*.xz; do [ -e "$f" ] && xz -d -k -f "$f" && chmod +x "${f%.xz}"; done
 export LD_LIBRARY_PATH="$libdir:$(cd "$bin" && pwd)${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== libmlx: $(ldd "$bin/xtr-pipe" | grep libmlx)"
