@@ -90,6 +90,10 @@ pub fn random_t5(
         .into_iter()
         .map(|(k, v)| Ok((k, v.as_dtype(dtype)?)))
         .collect::<Result<HashMap<_, _>>>()?;
+    // Materialise the draws now. Left lazy, every graph that uses a weight
+    // would carry its generator with it, and a compiled train step captures
+    // them as part of its graph: it redrew all 110M weights on every step.
+    crate::mlx::eval(w.values())?;
     let weights = Weights::from_arrays(w, dtype, "<random t5>");
     let encoder = Encoder::T5(T5Encoder::load(config, &weights)?);
     let (_, head_key) = random::split2(&random::key(seed.wrapping_add(1))?)?;

@@ -45,6 +45,9 @@ impl Weights {
                 }
             }
         }
+        // Materialise the dtype conversions once: a lazy cast would be redone
+        // inside every graph (and every compiled step) that reads the weight.
+        crate::mlx::eval(tensors.values().map(|(a, _)| a))?;
         Ok(Weights {
             tensors,
             files: files.to_vec(),
