@@ -177,9 +177,11 @@ int default_threads() {
   return n == 0 ? 1 : static_cast<int>(n > 16 ? 16 : n);
 }
 
+// Never destroyed: MLX's stream threads may still be running work when
+// static destructors run at exit.
 Pool &pool() {
-  static Pool p(default_threads());
-  return p;
+  static Pool *p = new Pool(default_threads());
+  return *p;
 }
 
 // Splits [0, n) into contiguous ranges of at least `grain` items (a multiple
@@ -496,8 +498,11 @@ public:
       // threaded inside BLAS.
       const BlasThreads &bt = blas_threads();
       Pool &p = pool();
+      // One stream at a time may switch BLAS's threading (and restore it).
+      static std::mutex blas_switch;
+      std::unique_lock<std::mutex> owner(blas_switch, std::defer_lock);
       if (static_cast<double>(M) * N * K <= 4194304.0 && pairs >= 2 * size_t(p.threads()) &&
-          bt.set && bt.get) {
+          bt.set && bt.get && owner.try_lock()) {
         size_t parts = std::min<size_t>(pairs, static_cast<size_t>(p.threads()));
         size_t step = (pairs + parts - 1) / parts;
         int before = bt.get();
