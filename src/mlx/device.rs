@@ -54,6 +54,57 @@ impl Device {
     }
 }
 
+/// What MLX reports about a device (keys vary by backend; see MLX's
+/// `device_info`): name, memory, and on CUDA the compute capability.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub name: Option<String>,
+    /// Total device memory in bytes.
+    pub total_memory: Option<u64>,
+    /// Free device memory in bytes (CUDA only).
+    pub free_memory: Option<u64>,
+    /// `(major, minor)` (CUDA only).
+    pub compute_capability: Option<(u32, u32)>,
+}
+
+impl DeviceInfo {
+    /// Parses MLX's `key=value` lines.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = &'a str>) -> DeviceInfo {
+        let mut info = DeviceInfo::default();
+        let (mut major, mut minor) = (None, None);
+        for pair in pairs {
+            let Some((key, value)) = pair.split_once('=') else {
+                continue;
+            };
+            let num = value.parse::<u64>().ok();
+            match key {
+                "device_name" => info.name = Some(value.to_string()),
+                "total_memory" | "memory_size" => info.total_memory = info.total_memory.or(num),
+                "free_memory" => info.free_memory = num,
+                "compute_capability_major" => major = num,
+                "compute_capability_minor" => minor = num,
+                _ => {}
+            }
+        }
+        if let (Some(a), Some(b)) = (major, minor) {
+            info.compute_capability = Some((a as u32, b as u32));
+        }
+        info
+    }
+}
+
+impl Device {
+    /// What MLX reports about this device.
+    pub fn info(&self) -> Result<DeviceInfo> {
+        let kind = match self.device_type {
+            DeviceType::Cpu => 0,
+            DeviceType::Gpu => 1,
+        };
+        let pairs = sys::device_info(kind)?;
+        Ok(DeviceInfo::from_pairs(pairs.iter().map(String::as_str)))
+    }
+}
+
 /// Whether this MLX build has a usable GPU.
 pub fn gpu_is_available() -> Result<bool> {
     Ok(sys::gpu_is_available()?)

@@ -206,6 +206,7 @@ pub(crate) mod sys {
         fn set_default_device(kind: i32, index: i32) -> Result<()>;
         fn default_device_kind() -> Result<i32>;
         fn gpu_is_available() -> Result<bool>;
+        fn device_info(kind: i32) -> Result<Vec<String>>;
         fn synchronize() -> Result<()>;
 
         // BLAS threads (call before any MLX work; see shim.cc)

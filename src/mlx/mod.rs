@@ -23,7 +23,7 @@ pub mod random;
 pub mod transforms;
 
 pub use array::{Array, ArrayElement};
-pub use device::{gpu_is_available, synchronize, Device, DeviceType};
+pub use device::{gpu_is_available, synchronize, Device, DeviceInfo, DeviceType};
 pub use dtype::Dtype;
 pub use error::{Exception, Result};
 pub use transforms::{compile, eval, value_and_grad, value_and_grad_argnums, Compiled};

@@ -9,6 +9,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <variant>
 
 namespace mx = mlx::core;
 
@@ -381,6 +382,19 @@ bool set_blas_thread_timeout(int32_t exponent) {
   shutdown();
   init();
   return true;
+}
+
+// The device's properties as "key=value" lines (numbers in decimal).
+rust::Vec<rust::String> device_info(int32_t kind) {
+  mx::Device d = kind == 1 ? mx::Device(mx::Device::gpu, 0) : mx::Device(mx::Device::cpu, 0);
+  rust::Vec<rust::String> out;
+  for (const auto &[key, value] : mx::device_info(d)) {
+    std::string v = std::holds_alternative<std::string>(value)
+                        ? std::get<std::string>(value)
+                        : std::to_string(std::get<size_t>(value));
+    out.push_back(rust::String(key + "=" + v));
+  }
+  return out;
 }
 
 rust::String blas_sgemm_library() {

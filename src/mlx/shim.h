@@ -179,6 +179,7 @@ void set_compile_enabled(bool enabled);
 void set_default_device(int32_t kind, int32_t index);
 int32_t default_device_kind();
 bool gpu_is_available();
+rust::Vec<rust::String> device_info(int32_t kind);
 void synchronize();
 
 // ---- BLAS threads ----

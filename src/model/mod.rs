@@ -15,6 +15,7 @@
 
 pub mod bench;
 pub mod bert;
+pub mod capacity;
 pub mod head;
 pub mod layers;
 pub mod lora;
@@ -231,6 +232,7 @@ impl ModelDir {
 
     /// Encoder + head.
     pub fn load_model(&self, opts: &LoadOptions) -> Result<MultiVectorModel> {
+        capacity::check_default_device(Some(&self.weight_files()?), opts.dtype)?;
         let encoder = self.load_encoder(opts)?;
         let head = self.load_head(opts)?;
         if let (Some(spec), Some(first)) = (self.dense.first(), head.dense.first()) {

@@ -36,6 +36,7 @@ pub fn random_t5(
     seed: u64,
     dtype: Dtype,
 ) -> Result<MultiVectorModel> {
+    super::capacity::check_default_device(None, dtype)?;
     let mut key = random::key(seed)?;
     let mut draw = |shape: &[i32], std: f32| -> Result<Array> {
         let (next, sub) = random::split2(&key)?;
