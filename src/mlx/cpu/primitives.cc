@@ -206,6 +206,12 @@ void parallel_ranges(size_t n, size_t grain, const std::function<void(size_t, si
 
 enum class Op { Gelu, GeluTanh, GeluVjp, GeluTanhVjp, Softmax, SoftmaxVjp, Dropout };
 
+// The operand that has the output's shape and may lend it its buffer: the
+// cotangent for the VJP ops, the input otherwise.
+size_t shaping_operand(Op op) {
+  return op == Op::GeluVjp || op == Op::GeluTanhVjp || op == Op::SoftmaxVjp ? 1 : 0;
+}
+
 // Element-wise work below this many elements runs on one thread.
 constexpr size_t kGrain = 16384;
 
@@ -218,10 +224,7 @@ public:
   void eval_cpu(const std::vector<array> &inputs, std::vector<array> &outputs) override {
     array &out = outputs[0];
     // The operand whose buffer the output may take over (MLX's donation rule).
-    const array &donor = (op_ == Op::GeluVjp || op_ == Op::GeluTanhVjp ||
-                          op_ == Op::SoftmaxVjp)
-                             ? inputs[1]
-                             : inputs[0];
+    const array &donor = inputs[shaping_operand(op_)];
     if (donor.is_donatable() && donor.flags().row_contiguous &&
         donor.nbytes() == out.nbytes()) {
       out.copy_shared_buffer(donor);
@@ -373,8 +376,7 @@ public:
   }
 
   std::vector<mx::Shape> output_shapes(const std::vector<array> &inputs) override {
-    return {inputs[op_ == Op::GeluVjp || op_ == Op::GeluTanhVjp || op_ == Op::SoftmaxVjp ? 1 : 0]
-                .shape()};
+    return {inputs[shaping_operand(op_)].shape()};
   }
 
 private:
@@ -398,8 +400,7 @@ array build(Op op, std::vector<array> inputs, float rate) {
   }
   if (inputs.size() == 2 && op != Op::Dropout && inputs[0].shape() != inputs[1].shape())
     throw std::invalid_argument("xtr CPU kernel operands must have one shape");
-  auto shape = inputs[op == Op::GeluVjp || op == Op::GeluTanhVjp || op == Op::SoftmaxVjp ? 1 : 0]
-                   .shape();
+  auto shape = inputs[shaping_operand(op)].shape();
   return array(std::move(shape), mx::float32, std::make_shared<XtrKernel>(s, op, rate),
                std::move(inputs));
 }
