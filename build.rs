@@ -22,6 +22,7 @@ fn main() {
         "src/mlx/cpu/kernels.h",
         "src/mlx/cpu/kernels_simd.cc",
         "src/mlx/cpu/primitives.cc",
+        "src/mlx/gpu/kernels.cc",
     ] {
         println!("cargo:rerun-if-changed={f}");
     }
@@ -47,6 +48,7 @@ fn main() {
     cxx_build::bridge("src/mlx/ffi.rs")
         .file("src/mlx/shim.cc")
         .file("src/mlx/cpu/primitives.cc")
+        .file("src/mlx/gpu/kernels.cc")
         .std("c++20")
         .include(&include)
         .flag_if_supported("-Wno-unused-parameter")

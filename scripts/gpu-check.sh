@@ -12,6 +12,11 @@
 # GPU_CHECK_PARTS (default parity,xtr,torch) picks the parts: on an H100 parity
 # and xtr take about a minute together, torch (torch.compile at three batch
 # sizes) five to eight, so a 10-minute device call should run torch on its own.
+# Two more parts: `dropout` (batch 256 bf16 with our dropout kernel, with MLX's
+# bernoulli dropout, and without dropout) and `profile` (the batch-256 bf16 step
+# under Nsight Systems, when `nsys` is on the machine: time per GPU kernel).
+# The parity part needs all-MiniLM-L6-v2: XTR_MINILM_DIR, or the pip package.
+# The first MLX run on a fresh machine compiles its CUDA kernels (about 2 min).
 set -uo pipefail
 bin=${1:?usage: gpu-check.sh BIN_DIR [PYTHON]}; py=${2:-/opt/torch/.venv/bin/python}
 libdir=${MLX_LIBDIR:-$(cat /root/mlxkit/libdir 2>/dev/null)}
@@ -22,13 +27,32 @@ echo "== libmlx: $(ldd "$bin/xtr-pipe" | grep libmlx)"
 echo "== parity on the GPU (MLX_ENABLE_TF32=0: MLX runs f32 GEMMs as TF32 by default)"
 parts=",${GPU_CHECK_PARTS:-parity,xtr,torch},"
 [[ $parts == *,parity,* ]] &&
-MLX_ENABLE_TF32=0 "$bin/xtr-pipe-tests" --test-threads 1 --nocapture gpu_ 2>&1 | grep -E "tiny_|test result|panicked"
+MLX_ENABLE_TF32=0 "$bin/xtr-pipe-tests" --test-threads 1 --nocapture gpu_ 2>&1 | grep -E "tiny_|minilm|test result|panicked"
 [[ $parts == *,xtr,* ]] && for dtype in f32 bf16; do
   echo "== xtr-pipe train step, t5-base-random, $dtype (MLX default: TF32 for f32 GEMMs)"
   for b in 12 64 256; do
     "$bin/xtr-pipe" bench train-step --model t5-base-random --device gpu --batch "$b" --steps 10 --dtype "$dtype" --json | tr -d '\n '; echo
   done
 done
+step() { "$bin/xtr-pipe" bench train-step --model t5-base-random --device gpu --steps 10 --json "$@" | tr -d '\n '; echo; }
+if [[ $parts == *,dropout,* ]]; then
+  echo "== batch 256 bf16: our dropout kernel / MLX bernoulli dropout / no dropout"
+  step --batch 256 --dtype bf16
+  XTR_GPU_KERNELS=off step --batch 256 --dtype bf16
+  step --batch 256 --dtype bf16 --dropout false
+fi
+if [[ $parts == *,profile,* ]]; then
+  if command -v nsys >/dev/null; then
+    echo "== nsys: batch 256 bf16, time per kernel"
+    nsys profile -q -t cuda --cuda-graph-trace=node -o /tmp/xtr-step -f true \
+      "$bin/xtr-pipe" bench train-step --model t5-base-random --device gpu --batch 256 \
+      --dtype bf16 --steps 5 --warmup 2 --json >/dev/null
+    nsys stats -q -r cuda_gpu_kern_sum -f csv /tmp/xtr-step.nsys-rep 2>/dev/null | head -40 |
+      cut -c1-220
+  else
+    echo "== profile: nsys is not on this machine"
+  fi
+fi
 if [[ $parts == *,torch,* ]] && [ -x "$py" ]; then
   echo "== PyTorch train step, t5-base-random"
   for b in 12 64 256; do

@@ -92,3 +92,62 @@ fn bench_encode_reports_tokens_per_second() {
     );
     assert!((tps * secs - 10.0).abs() < 1e-6, "{r}");
 }
+
+/// The `profile` stage through `xtr-pipe run`: it times the step on the stage's
+/// device, writes profile.json and metrics.json, is cached on a rerun, and a
+/// `device = "gpu"` stage on a CPU-only build stops before anything runs.
+#[test]
+fn profile_stage_times_the_step_and_refuses_a_missing_gpu() {
+    let p = Project::new();
+    let pipeline = |device: &str| {
+        format!(
+            r#"
+[pipeline]
+name = "prof"
+store = "artifacts"
+
+[stage.step]
+kind = "profile"
+model = "{}"
+batch = 3
+qlen = 4
+dlen = 6
+steps = 2
+warmup = 1
+device = "{device}"
+"#,
+            fixture("tiny_t5_gated")
+        )
+    };
+    p.file("p.toml", &pipeline("cpu"));
+    let first = p.json(&["run", "p.toml"]);
+    let step = common::stage(&first, "step");
+    assert_eq!(step["status"], "ran");
+    assert!(
+        step["metrics"]["samples_per_s"].as_f64().unwrap_or(0.0) > 0.0,
+        "{step}"
+    );
+    let dir = step["artifact"].as_str().expect("artifact");
+    let profile: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{dir}/profile.json")).expect("profile.json"),
+    )
+    .expect("profile.json is JSON");
+    assert_eq!(profile["batch"], 3);
+    assert_eq!(profile["steps"], 2);
+    assert!(profile["final_loss"].as_f64().is_some_and(f64::is_finite));
+    let again = p.json(&["run", "p.toml"]);
+    assert_eq!(common::stage(&again, "step")["status"], "cached");
+
+    p.file("p.toml", &pipeline("gpu"));
+    let out = p.xtr(&["run", "p.toml"]);
+    if !xtr_pipe::mlx::gpu_is_available().expect("MLX answers") {
+        let err = stderr(&out);
+        assert!(!out.status.success(), "ran without a GPU: {err}");
+        assert!(
+            err.contains("p.toml:14:1: stage `step`: device = \"gpu\""),
+            "{err}"
+        );
+        assert!(err.contains("set device = \"cpu\" or \"auto\""), "{err}");
+        assert_eq!(p.artifacts().len(), 1, "no new artifact");
+    }
+}

@@ -191,6 +191,9 @@ pub(crate) mod sys {
         fn set_cpu_kernels_isa(name: &str) -> Result<String>;
         fn cpu_kernel_threads() -> Result<i32>;
 
+        // xtr-pipe's GPU kernels (src/mlx/gpu/kernels.cc)
+        fn xtr_gpu_dropout(x: &MxArray, key: &MxArray, rate: f32) -> Result<UniquePtr<MxArray>>;
+
         // transforms
         fn eval(arrays: &ArrayVec) -> Result<()>;
         fn value_and_grad(

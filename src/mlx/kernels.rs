@@ -1,14 +1,19 @@
-//! xtr-pipe's own CPU kernels, as MLX primitives (`src/mlx/cpu/`): GELU in
-//! both forms, last-axis softmax and dropout, each with its gradient.
+//! xtr-pipe's own kernels, as MLX graph nodes with their gradients.
 //!
-//! MLX's CPU backend runs element-wise math one scalar at a time on one
-//! thread; these kernels use SLEEF's vector math (AVX-512, AVX2, or a portable
-//! scalar build, picked per CPU at run time) across all cores. They exist only
-//! for f32 on the CPU: callers ask [`applies`] and otherwise compose MLX's own
-//! ops, which is what runs on the GPU.
+//! On the CPU (`src/mlx/cpu/`): GELU in both forms, last-axis softmax,
+//! dropout and per-head attention products. MLX's CPU backend runs
+//! element-wise math one scalar at a time on one thread; these kernels use
+//! SLEEF's vector math (AVX-512, AVX2, or a portable scalar build, picked per
+//! CPU at run time) across all cores. They exist only for f32 on the CPU:
+//! callers ask [`applies`] and otherwise compose MLX's own ops.
+//!
+//! On the GPU (`src/mlx/gpu/`): dropout, as a CUDA kernel that MLX compiles
+//! at run time ([`gpu_applies`], [`gpu_dropout`]). It draws the same mask as
+//! the CPU kernel for the same key.
 //!
 //! Switches (read once, at first use):
-//! - `XTR_CPU_KERNELS=off` — never use them (compare against MLX's ops);
+//! - `XTR_CPU_KERNELS=off` — never use the CPU kernels (compare against MLX's ops);
+//! - `XTR_GPU_KERNELS=off` — never use the GPU kernels (MLX's `bernoulli` dropout);
 //! - `XTR_CPU_ISA=avx512|avx2|scalar` — force an instruction set (a wider one
 //!   than the CPU has is an error);
 //! - `XTR_CPU_THREADS=N` — threads per kernel (default: the CPUs this process
@@ -26,27 +31,65 @@ const UNSET: u8 = 0;
 const ON: u8 = 1;
 const OFF: u8 = 2;
 static STATE: AtomicU8 = AtomicU8::new(UNSET);
+static GPU_STATE: AtomicU8 = AtomicU8::new(UNSET);
 
-/// Whether the kernels are switched on (`XTR_CPU_KERNELS`, or [`set_enabled`]).
-pub fn enabled() -> bool {
-    match STATE.load(Ordering::Relaxed) {
+/// A switch read from `var` the first time it is asked for.
+fn switch(state: &AtomicU8, var: &str) -> bool {
+    match state.load(Ordering::Relaxed) {
         ON => true,
         OFF => false,
         _ => {
             let off = matches!(
-                std::env::var("XTR_CPU_KERNELS").as_deref(),
+                std::env::var(var).as_deref(),
                 Ok("off" | "0" | "false" | "mlx")
             );
-            STATE.store(if off { OFF } else { ON }, Ordering::Relaxed);
+            state.store(if off { OFF } else { ON }, Ordering::Relaxed);
             !off
         }
     }
 }
 
-/// Switches the kernels on or off for graphs built from now on (benchmarks
+/// Whether the CPU kernels are switched on (`XTR_CPU_KERNELS`, or [`set_enabled`]).
+pub fn enabled() -> bool {
+    switch(&STATE, "XTR_CPU_KERNELS")
+}
+
+/// Switches the CPU kernels on or off for graphs built from now on (benchmarks
 /// compare both in one process).
 pub fn set_enabled(on: bool) {
     STATE.store(if on { ON } else { OFF }, Ordering::Relaxed);
+}
+
+/// Whether the GPU kernels are switched on (`XTR_GPU_KERNELS`, or [`set_gpu_enabled`]).
+pub fn gpu_enabled() -> bool {
+    switch(&GPU_STATE, "XTR_GPU_KERNELS")
+}
+
+/// Switches the GPU kernels on or off for graphs built from now on.
+pub fn set_gpu_enabled(on: bool) {
+    GPU_STATE.store(if on { ON } else { OFF }, Ordering::Relaxed);
+}
+
+/// Whether a GPU kernel should handle `x`: switched on, `x` is a float
+/// (f32, bf16 or f16), and the default device is the GPU.
+pub fn gpu_applies(x: &Array) -> bool {
+    gpu_enabled()
+        && matches!(x.dtype(), Dtype::Float32 | Dtype::Bfloat16 | Dtype::Float16)
+        && matches!(
+            Device::default_device(),
+            Ok(Device {
+                device_type: DeviceType::Gpu,
+                ..
+            })
+        )
+}
+
+/// Inverted dropout on the GPU, in `x`'s own dtype: the same mask as
+/// [`dropout`] draws for `key` on the CPU, one kernel pass, and a gradient
+/// that recomputes the mask rather than storing it. GPU only (see
+/// [`gpu_applies`]).
+pub fn gpu_dropout(x: &Array, key: &Array, rate: f32) -> Result<Array> {
+    Array::wrap(sys::xtr_gpu_dropout(x.raw(), key.raw(), rate))
 }
 
 /// Whether an op on `x` should use these kernels: switched on, `x` is f32,

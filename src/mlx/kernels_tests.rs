@@ -430,3 +430,106 @@ fn per_head_products_match_mlx_attention_and_its_gradients() -> Result<()> {
     assert!(err.to_string().contains("inner dimensions"), "{err}");
     Ok(())
 }
+
+/// Restores the CPU as MLX's default device when a GPU test ends, passed or not.
+struct CpuAgain;
+
+impl Drop for CpuAgain {
+    fn drop(&mut self) {
+        // Best effort: a failure here leaves the device to the next test, which checks it.
+        let _ = crate::mlx::Device::set_default(&crate::mlx::Device::cpu());
+    }
+}
+
+/// The GPU dropout kernel against the CPU kernel: the same key drops the same
+/// elements (f32 bit for bit, bf16 as the f32 result rounded), past the
+/// kernel's grid-stride step (2^20 threads), with a tail that fills no vector,
+/// on an unaligned view, under `compile`, and its gradient
+/// is the mask on the cotangent. Without a GPU there is nothing to compare: the
+/// test says so and passes. It switches MLX's default device, so it runs alone
+/// in `scripts/gpu-check.sh` (`--test-threads 1`).
+#[test]
+fn gpu_dropout_draws_the_cpu_kernels_mask() -> Result<()> {
+    use crate::mlx::{gpu_is_available, Device, Dtype};
+    if !gpu_is_available()? {
+        eprintln!(
+            "gpu_dropout_draws_the_cpu_kernels_mask: no GPU in this MLX build; nothing to compare"
+        );
+        return Ok(());
+    }
+    let _cpu_again = CpuAgain;
+    let (rows, cols) = (7, 449_395); // 3.1 M elements: three grid-stride rounds
+    let xs: Vec<f32> = (0..rows * cols)
+        .map(|i| (i as f32 * 0.013).sin() * 4.0)
+        .collect();
+    let x = Array::from_slice(&xs, &[rows, cols])?;
+    let w = x.multiply(scalar(0.5))?.add(scalar(1.0))?;
+    let key = random::key(42)?;
+    let rate = 0.1;
+    let xb = x.as_dtype(Dtype::Bfloat16)?;
+    // A view that starts one element in: contiguous but not 16-byte aligned.
+    let n = rows * cols;
+    let offset = ops::slice(x.reshape(&[n])?, &[1], &[n], &[1])?;
+
+    Device::set_default(&Device::cpu())?;
+    let want = vals(&dropout(&x, &key, rate)?);
+    let want_offset = vals(&dropout(&offset, &key, rate)?);
+    let want_bf16 = vals(
+        &dropout(&xb.as_dtype(Dtype::Float32)?, &key, rate)?
+            .as_dtype(Dtype::Bfloat16)?
+            .as_dtype(Dtype::Float32)?,
+    );
+    let want_grad = vals(&dropout(&w, &key, rate)?);
+
+    Device::set_default(&Device::gpu())?;
+    assert!(gpu_applies(&x) && gpu_applies(&xb));
+    let got = vals(&gpu_dropout(&x, &key, rate)?);
+    let mismatches = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+    assert_eq!(mismatches, 0, "f32: GPU and CPU masks differ");
+    let got_offset = vals(&gpu_dropout(&offset, &key, rate)?);
+    assert!(
+        got_offset == want_offset,
+        "unaligned view: GPU and CPU masks differ"
+    );
+    let got_bf16 = vals(&gpu_dropout(&xb, &key, rate)?.as_dtype(Dtype::Float32)?);
+    let mismatches = got_bf16
+        .iter()
+        .zip(&want_bf16)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(mismatches, 0, "bf16: GPU and CPU masks differ");
+
+    let f = |p: &[Array]| -> Result<Vec<Array>> {
+        Ok(vec![ops::sum(
+            gpu_dropout(&p[0], &p[1], rate)?.multiply(&p[2])?,
+            false,
+        )?])
+    };
+    let (_, grads) =
+        crate::mlx::value_and_grad_argnums(f, &[x.clone(), key.clone(), w.clone()], &[0])?;
+    assert!(
+        vals(&grads[0]) == want_grad,
+        "the gradient is not the mask on the cotangent"
+    );
+    let compiled = crate::mlx::compile(
+        move |p: &[Array]| Ok(vec![gpu_dropout(&p[0], &p[1], rate)?]),
+        false,
+    )?;
+    assert!(vals(&compiled.call(&[x.clone(), key.clone()])?[0]) == want);
+    Ok(())
+}
+
+#[test]
+fn gpu_kernels_stay_off_the_cpu() -> Result<()> {
+    let x = Array::ones::<f32>(&[4])?;
+    if crate::mlx::Device::default_device()?.device_type == crate::mlx::DeviceType::Cpu {
+        assert!(!gpu_applies(&x), "CPU graphs never take the GPU kernels");
+    }
+    let ints = Array::from_slice(&[1i32, 2], &[2])?;
+    assert!(!gpu_applies(&ints), "integer arrays are not dropped out");
+    let err = gpu_dropout(&x, &random::key(0)?, 1.5).expect_err("rate 1.5 is refused");
+    assert!(err.to_string().contains("rate"), "{err}");
+    let err = gpu_dropout(&x, &x, 0.1).expect_err("a float array is no key");
+    assert!(err.to_string().contains("key"), "{err}");
+    Ok(())
+}

@@ -167,6 +167,9 @@ rust::String cpu_kernels_isa();
 rust::String set_cpu_kernels_isa(rust::Str name);
 int32_t cpu_kernel_threads();
 
+// ---- xtr-pipe's GPU kernels (src/mlx/gpu/kernels.cc) ----
+ArrayPtr xtr_gpu_dropout(const array &x, const array &key, float rate);
+
 // ---- transforms ----
 void eval(const ArrayVec &arrays);
 VagOutput value_and_grad(rust::Box<Closure> fun, const ArrayVec &params,

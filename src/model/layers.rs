@@ -173,6 +173,9 @@ impl Ctx {
         if kernels::applies(x) {
             return Ok(kernels::dropout(x, &key, rate)?);
         }
+        if kernels::gpu_applies(x) {
+            return Ok(kernels::gpu_dropout(x, &key, rate)?);
+        }
         let keep = random::bernoulli(&Array::from_f32(1.0 - rate), x.shape(), &key)?;
         let scaled = x.multiply(scalar(1.0 / (1.0 - rate), x.dtype())?)?;
         Ok(ops::r#where(keep, scaled, scalar(0.0, x.dtype())?)?)

@@ -743,3 +743,123 @@ fn gpu_matches_cpu_on_the_fixtures() -> Result<()> {
     }
     Ok(())
 }
+
+/// The smallest cosine similarity between matching rows (tokens) of `a` and
+/// `b`, over the rows `row_mask` keeps.
+fn min_token_cosine(a: &Array, b: &Array, row_mask: &Array) -> Result<f32> {
+    assert_eq!(a.shape(), b.shape(), "shapes differ");
+    let (av, bv) = (a.to_vec::<f32>()?, b.to_vec::<f32>()?);
+    let width = *a.shape().last().unwrap_or(&1) as usize;
+    let mask = row_mask.to_vec::<i32>()?;
+    let mut worst = 1.0f32;
+    for (row, (x, y)) in av.chunks(width).zip(bv.chunks(width)).enumerate() {
+        if mask[row] == 0 {
+            continue;
+        }
+        let dot: f64 = x
+            .iter()
+            .zip(y)
+            .map(|(p, q)| f64::from(*p) * f64::from(*q))
+            .sum();
+        let nx: f64 = x.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt();
+        let ny: f64 = y.iter().map(|q| f64::from(*q).powi(2)).sum::<f64>().sqrt();
+        worst = worst.min((dot / (nx * ny).max(1e-30)) as f32);
+    }
+    Ok(worst)
+}
+
+/// The real model and the fixtures, for the f32 / bf16 comparisons.
+fn bf16_cases() -> Result<Vec<(&'static str, ModelDir)>> {
+    Ok(vec![
+        ("minilm_real", ModelDir::open(minilm_dir())?),
+        ("tiny_t5_relu", load("tiny_t5_relu")?),
+        ("tiny_t5_gated", load("tiny_t5_gated")?),
+        ("tiny_bert", load("tiny_bert")?),
+    ])
+}
+
+fn bf16_options() -> LoadOptions {
+    LoadOptions {
+        dtype: crate::mlx::Dtype::Bfloat16,
+    }
+}
+
+/// The documented bf16 tolerance: every real token's hidden state keeps a
+/// cosine of at least 0.999 with the f32 one on the real model. The tiny
+/// random fixtures (width 32, random weights) are held to 0.997: a 32-wide
+/// vector averages over few roundings. Measured on the CPU, min over tokens:
+/// all-MiniLM-L6-v2 0.99981; tiny_t5_relu 0.99861 (PyTorch bf16: 0.99945),
+/// tiny_t5_gated 0.99713 (PyTorch: 0.99849), tiny_bert 0.99995 (PyTorch too).
+fn bf16_min_cosine(name: &str) -> f32 {
+    if name.starts_with("tiny_") {
+        0.997
+    } else {
+        0.999
+    }
+}
+
+/// bf16 weights and compute on the CPU (MLX's ops) stay within the bf16
+/// tolerance of f32, on the real model and the fixtures.
+#[test]
+fn bf16_stays_within_tolerance_of_f32() -> Result<()> {
+    for (name, dir) in &bf16_cases()? {
+        let g = golden(name)?;
+        let (ids, mask) = (tensor(&g, "input_ids")?, tensor(&g, "attention_mask")?);
+        let full = dir
+            .load_encoder(&LoadOptions::default())?
+            .forward(ids, mask)?;
+        let half = dir.load_encoder(&bf16_options())?.forward(ids, mask)?;
+        let cos = min_token_cosine(&half.as_dtype(crate::mlx::Dtype::Float32)?, &full, mask)?;
+        eprintln!("{name}: cpu bf16 vs f32 min token cosine {cos:.6}");
+        assert!(
+            cos >= bf16_min_cosine(name),
+            "{name}: bf16 token cosine {cos}"
+        );
+    }
+    Ok(())
+}
+
+/// Issue "MLX on NVIDIA GPUs", real model: all-MiniLM-L6-v2's hidden states on
+/// the GPU in f32 agree with the CPU within 1e-3 (real tokens), and in bf16
+/// (weights and compute) every real token keeps the bf16 tolerance against the
+/// CPU's f32; the tiny fixtures are held to the same bounds. Skipped, saying
+/// so, without a GPU. Set `XTR_MINILM_DIR` where the pip package is not
+/// installed; run with `--test-threads 1` and `MLX_ENABLE_TF32=0`
+/// (scripts/gpu-check.sh does).
+#[test]
+fn gpu_matches_cpu_on_minilm_in_f32_and_bf16() -> Result<()> {
+    use crate::mlx::{gpu_is_available, Device};
+    if !gpu_is_available()? {
+        eprintln!("gpu_matches_cpu_on_minilm_in_f32_and_bf16: no GPU in this MLX build; nothing to compare");
+        return Ok(());
+    }
+    let cases = bf16_cases()?;
+    let result = (|| -> Result<()> {
+        for (name, dir) in &cases {
+            let g = golden(name)?;
+            let (ids, mask) = (tensor(&g, "input_ids")?, tensor(&g, "attention_mask")?);
+            Device::set_default(&Device::cpu())?;
+            let enc = dir.load_encoder(&LoadOptions::default())?;
+            let cpu = enc.forward(ids, mask)?;
+            cpu.eval()?;
+            Device::set_default(&Device::gpu())?;
+            let gpu = enc.forward(ids, mask)?;
+            gpu.eval()?;
+            let half = dir.load_encoder(&bf16_options())?.forward(ids, mask)?;
+            let half = half.as_dtype(crate::mlx::Dtype::Float32)?;
+            half.eval()?;
+            Device::set_default(&Device::cpu())?;
+            let d = max_abs_diff(&gpu, &cpu, Some(mask))?;
+            let cos = min_token_cosine(&half, &cpu, mask)?;
+            eprintln!("{name}: gpu f32 vs cpu {d:.2e} max abs; gpu bf16 vs cpu f32 min token cosine {cos:.6}");
+            assert!(d < 1e-3, "{name}: GPU f32 and CPU differ by {d}");
+            assert!(
+                cos >= bf16_min_cosine(name),
+                "{name}: bf16 token cosine {cos}"
+            );
+        }
+        Ok(())
+    })();
+    Device::set_default(&Device::cpu())?;
+    result
+}

@@ -21,6 +21,7 @@ const PIPELINE_KEYS: &[&str] = &["name", "store", "reports", "description"];
 const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
     ("cmd", include_str!("../../stages/cmd.toml")),
     ("dataset", include_str!("../../stages/dataset.toml")),
+    ("profile", include_str!("../../stages/profile.toml")),
 ];
 
 /// A parsed, validated pipeline.

@@ -2,7 +2,9 @@
 //! pipeline (typed, with located errors), names what enters its key, and runs.
 
 pub mod cmd;
+pub mod compute;
 pub mod dataset;
+pub mod profile;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -48,7 +50,7 @@ pub struct Kind {
     configure: fn(&StageSpec) -> Result<Box<dyn Stage>, ConfigError>,
 }
 
-pub static KINDS: &[Kind] = &[cmd::KIND, dataset::KIND];
+pub static KINDS: &[Kind] = &[cmd::KIND, dataset::KIND, profile::KIND];
 
 /// The error a stage returns when it stopped because of [`StageContext::cancel`].
 #[derive(Debug, thiserror::Error)]

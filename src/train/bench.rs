@@ -53,7 +53,14 @@ pub struct BenchReport {
     pub final_loss: f32,
 }
 
+/// Times the step as `opts` says.
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
+    run_until(opts, &|| false)
+}
+
+/// Like [`run`], checking `cancelled` between steps: when it turns true the
+/// run stops with [`crate::stages::Cancelled`].
+pub fn run_until(opts: &BenchOptions, cancelled: &dyn Fn() -> bool) -> Result<BenchReport> {
     if opts.batch < 2 {
         bail!("--batch must be at least 2 (in-batch negatives)");
     }
@@ -80,12 +87,20 @@ pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
         doc_mask,
     };
     let mut loss = f32::NAN;
+    let stop = || -> Result<()> {
+        if cancelled() {
+            return Err(crate::stages::Cancelled.into());
+        }
+        Ok(())
+    };
     for _ in 0..opts.warmup {
+        stop()?;
         loss = trainer.step(&batch, None)?;
     }
     let mut times = Vec::with_capacity(opts.steps);
     let mut phases = PhaseTimes::default();
     for _ in 0..opts.steps {
+        stop()?;
         let start = Instant::now();
         loss = trainer.step(&batch, Some(&mut phases))?;
         times.push(start.elapsed().as_secs_f64());

@@ -1,0 +1,120 @@
+//! What every compute stage (one that runs MLX: `profile` now; `train`, `index`
+//! and `eval` as they land) shares: the `device` and `dtype` params, and one
+//! lock so that two such stages never share MLX's global default device at once.
+
+use std::sync::{Mutex, MutexGuard};
+
+use serde::{Deserialize, Serialize};
+
+use crate::mlx::{gpu_is_available, Device, Dtype};
+use crate::pipeline::{ConfigError, StageSpec};
+
+/// Where a stage computes. `auto` takes the GPU when this MLX build has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceParam {
+    Cpu,
+    Gpu,
+    #[default]
+    Auto,
+}
+
+/// The compute dtype: `bf16` keeps frozen weights and activations in bf16 and
+/// LoRA adapters, optimizer state and the loss in f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DtypeParam {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl DtypeParam {
+    pub fn dtype(self) -> Dtype {
+        match self {
+            DtypeParam::F32 => Dtype::Float32,
+            DtypeParam::Bf16 => Dtype::Bfloat16,
+        }
+    }
+}
+
+/// A device param resolved against this machine: `auto` becomes `cpu` or `gpu`.
+/// The resolved name is what enters the artifact key, so a result computed on
+/// the CPU is not reused as the GPU's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolved {
+    Cpu,
+    Gpu,
+}
+
+impl Resolved {
+    pub fn name(self) -> &'static str {
+        match self {
+            Resolved::Cpu => "cpu",
+            Resolved::Gpu => "gpu",
+        }
+    }
+
+    pub fn device(self) -> Device {
+        match self {
+            Resolved::Cpu => Device::cpu(),
+            Resolved::Gpu => Device::gpu(),
+        }
+    }
+}
+
+/// Resolves `device` for stage `spec`, given whether MLX has a GPU: `gpu`
+/// without one is a located error that says what to change.
+pub fn resolve_device(
+    spec: &StageSpec,
+    device: DeviceParam,
+    has_gpu: bool,
+) -> Result<Resolved, ConfigError> {
+    match device {
+        DeviceParam::Cpu => Ok(Resolved::Cpu),
+        DeviceParam::Gpu if has_gpu => Ok(Resolved::Gpu),
+        DeviceParam::Gpu => Err(ConfigError::new(
+            Some(spec.params.origin_at(&["device".to_string()])),
+            format!(
+                "stage `{}`: device = \"gpu\", but this MLX build has no GPU (the mlx-cpu wheel)",
+                spec.name
+            ),
+        )
+        .with_help(
+            "set device = \"cpu\" or \"auto\", or install mlx-cuda-13 (Linux + NVIDIA) or \
+             mlx-metal (macOS) of the pinned version",
+        )),
+        DeviceParam::Auto if has_gpu => Ok(Resolved::Gpu),
+        DeviceParam::Auto => Ok(Resolved::Cpu),
+    }
+}
+
+/// Whether this MLX build has a GPU (false if MLX cannot say).
+pub fn has_gpu() -> bool {
+    gpu_is_available().unwrap_or(false)
+}
+
+static MLX: Mutex<()> = Mutex::new(());
+
+/// Holds MLX for one compute stage with `device` as the default device; the
+/// CPU is the default again when the guard drops.
+pub struct DeviceGuard {
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl DeviceGuard {
+    pub fn acquire(device: Resolved) -> anyhow::Result<DeviceGuard> {
+        // A stage that panicked while holding the lock left nothing to repair:
+        // the default device is set afresh below.
+        let lock = MLX.lock().unwrap_or_else(|e| e.into_inner());
+        Device::set_default(&device.device())?;
+        Ok(DeviceGuard { _lock: lock })
+    }
+}
+
+impl Drop for DeviceGuard {
+    fn drop(&mut self) {
+        // Best effort: the next guard sets its own device anyway.
+        let _ = Device::set_default(&Device::cpu());
+    }
+}
