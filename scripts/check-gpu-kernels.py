@@ -36,6 +36,22 @@ KERNELS = {
         )
         for t in ("float", "__nv_bfloat16", "__half")
     ],
+    "kSoftmaxDropout": [
+        (
+            [("s", t), ("key", "uint32_t")],
+            [("y", t)],
+            {"T": t, "PER_LANE": 4, "THRESHOLD_BITS": 429496729, "SCALE_BITS": 1066285284},
+        )
+        for t in ("float", "__nv_bfloat16")
+    ],
+    "kSoftmaxDropoutVjp": [
+        (
+            [("s", t), ("dy", t), ("key", "uint32_t")],
+            [("ds", t)],
+            {"T": t, "PER_LANE": 4, "THRESHOLD_BITS": 429496729, "SCALE_BITS": 1066285284},
+        )
+        for t in ("float", "__nv_bfloat16")
+    ],
 }
 
 PRELUDE = """

@@ -193,6 +193,11 @@ pub(crate) mod sys {
 
         // xtr-pipe's GPU kernels (src/mlx/gpu/kernels.cc)
         fn xtr_gpu_dropout(x: &MxArray, key: &MxArray, rate: f32) -> Result<UniquePtr<MxArray>>;
+        fn xtr_gpu_softmax_dropout(
+            s: &MxArray,
+            key: &MxArray,
+            rate: f32,
+        ) -> Result<UniquePtr<MxArray>>;
 
         // transforms
         fn eval(arrays: &ArrayVec) -> Result<()>;

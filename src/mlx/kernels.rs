@@ -7,9 +7,10 @@
 //! CPU at run time) across all cores. They exist only for f32 on the CPU:
 //! callers ask [`applies`] and otherwise compose MLX's own ops.
 //!
-//! On the GPU (`src/mlx/gpu/`): dropout, as a CUDA kernel that MLX compiles
-//! at run time ([`gpu_applies`], [`gpu_dropout`]). It draws the same mask as
-//! the CPU kernel for the same key.
+//! On the GPU (`src/mlx/gpu/`): dropout, and softmax fused with dropout for
+//! attention probabilities, as CUDA kernels that MLX compiles at run time
+//! ([`gpu_applies`], [`gpu_dropout`], [`gpu_softmax_dropout`]). They draw the
+//! same mask as the CPU kernel for the same key.
 //!
 //! Switches (read once, at first use):
 //! - `XTR_CPU_KERNELS=off` — never use the CPU kernels (compare against MLX's ops);
@@ -90,6 +91,17 @@ pub fn gpu_applies(x: &Array) -> bool {
 /// [`gpu_applies`]).
 pub fn gpu_dropout(x: &Array, key: &Array, rate: f32) -> Result<Array> {
     Array::wrap(sys::xtr_gpu_dropout(x.raw(), key.raw(), rate))
+}
+
+/// Rows up to this long go through [`gpu_softmax_dropout`].
+pub const GPU_SOFTMAX_MAX_ROW: i32 = 1024;
+
+/// `gpu_dropout(softmax(s, last axis), key, rate)` in one kernel per
+/// direction: the softmax in f32 per row, the same mask as [`gpu_dropout`]
+/// draws on its output, and a gradient that recomputes both from `s` (no
+/// probabilities or mask stored). Rows up to [`GPU_SOFTMAX_MAX_ROW`]; GPU only.
+pub fn gpu_softmax_dropout(s: &Array, key: &Array, rate: f32) -> Result<Array> {
+    Array::wrap(sys::xtr_gpu_softmax_dropout(s.raw(), key.raw(), rate))
 }
 
 /// Whether an op on `x` should use these kernels: switched on, `x` is f32,

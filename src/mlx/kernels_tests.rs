@@ -533,3 +533,104 @@ fn gpu_kernels_stay_off_the_cpu() -> Result<()> {
     assert!(err.to_string().contains("key"), "{err}");
     Ok(())
 }
+
+const RATE: f32 = 0.1;
+
+fn fused(p: &[Array]) -> Result<Vec<Array>> {
+    Ok(vec![gpu_softmax_dropout(&p[0], &p[1], RATE)?])
+}
+
+fn composed(p: &[Array]) -> Result<Vec<Array>> {
+    let probs = ops::softmax_axis(&p[0], -1, true)?;
+    Ok(vec![gpu_dropout(&probs, &p[1], RATE)?])
+}
+
+/// `sum(f(p) * g)` in f32: a scalar whose gradient is `f`'s VJP of `g`.
+fn weighted(
+    f: fn(&[Array]) -> Result<Vec<Array>>,
+    g: Array,
+) -> impl FnMut(&[Array]) -> Result<Vec<Array>> {
+    move |p: &[Array]| {
+        let y = f(p)?[0].as_dtype(crate::mlx::Dtype::Float32)?;
+        Ok(vec![ops::sum(y.multiply(&g)?, false)?])
+    }
+}
+
+/// The fused GPU softmax + dropout against MLX's softmax followed by the GPU
+/// dropout kernel: the same elements dropped, the kept probabilities within
+/// f32 rounding (bf16: one bf16 ulp), and the same gradient, for rows that fill
+/// whole warps (128), rows that do not (37) and one-element rows, eagerly and
+/// under `compile`. Skipped, saying so, without a GPU.
+#[test]
+fn gpu_softmax_dropout_matches_softmax_then_dropout() -> Result<()> {
+    use crate::mlx::{gpu_is_available, Device, Dtype};
+    if !gpu_is_available()? {
+        eprintln!("gpu_softmax_dropout_matches_softmax_then_dropout: no GPU in this MLX build; nothing to compare");
+        return Ok(());
+    }
+    let _cpu_again = CpuAgain;
+    Device::set_default(&Device::gpu())?;
+    let key = random::key(7)?;
+    for (shape, dtype, tol) in [
+        ([3, 4, 128, 128], Dtype::Float32, 1e-6f32),
+        ([2, 3, 5, 37], Dtype::Float32, 1e-6),
+        ([4, 9, 2, 1], Dtype::Float32, 1e-6),
+        ([3, 4, 128, 128], Dtype::Bfloat16, 8e-3),
+    ] {
+        let s = random::normal::<f32>(&shape, None, None, &random::key(1)?)?
+            .multiply(scalar(3.0))?
+            .as_dtype(dtype)?;
+        let g = random::normal::<f32>(&shape, None, None, &random::key(2)?)?.as_dtype(dtype)?;
+        let args = [s.clone(), key.clone()];
+        let f32s = |a: &Array| vals(&a.as_dtype(Dtype::Float32).expect("cast"));
+        let got = f32s(&fused(&args)?[0]);
+        let want = f32s(&composed(&args)?[0]);
+        let dropped_differently = got
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| (**a == 0.0) != (**b == 0.0))
+            .count();
+        assert_eq!(dropped_differently, 0, "{shape:?} {dtype:?}: masks differ");
+        let one = vec![1.0f32; want.len()];
+        assert_close(&got, &want, &one, tol, tol, "softmax-dropout");
+        let compiled = crate::mlx::compile(fused, false)?;
+        assert_close(
+            &f32s(&compiled.call(&args)?[0]),
+            &got,
+            &one,
+            0.0,
+            0.0,
+            "compiled",
+        );
+        let gf = g.as_dtype(Dtype::Float32)?;
+
+        let (_, got_grad) =
+            crate::mlx::value_and_grad_argnums(weighted(fused, gf.clone()), &args, &[0])?;
+        let (_, want_grad) =
+            crate::mlx::value_and_grad_argnums(weighted(composed, gf), &args, &[0])?;
+        let (gg, wg) = (f32s(&got_grad[0]), f32s(&want_grad[0]));
+        let scale: Vec<f32> = wg.iter().map(|_| 1.0).collect();
+        assert_close(
+            &gg,
+            &wg,
+            &scale,
+            4.0 * tol,
+            4.0 * tol,
+            "softmax-dropout gradient",
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn gpu_softmax_dropout_refuses_what_it_cannot_do() -> Result<()> {
+    let s = Array::ones::<f32>(&[2, 4])?;
+    let err = gpu_softmax_dropout(&s, &random::key(0)?, 1.0).expect_err("rate 1 is refused");
+    assert!(err.to_string().contains("rate"), "{err}");
+    let err = gpu_softmax_dropout(&s, &s, 0.1).expect_err("a float array is no key");
+    assert!(err.to_string().contains("key"), "{err}");
+    let long = Array::ones::<f32>(&[1, GPU_SOFTMAX_MAX_ROW + 1])?;
+    let err = gpu_softmax_dropout(&long, &random::key(0)?, 0.1).expect_err("row too long");
+    assert!(err.to_string().contains("rows longer than"), "{err}");
+    Ok(())
+}

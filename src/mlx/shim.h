@@ -169,6 +169,7 @@ int32_t cpu_kernel_threads();
 
 // ---- xtr-pipe's GPU kernels (src/mlx/gpu/kernels.cc) ----
 ArrayPtr xtr_gpu_dropout(const array &x, const array &key, float rate);
+ArrayPtr xtr_gpu_softmax_dropout(const array &s, const array &key, float rate);
 
 // ---- transforms ----
 void eval(const ArrayVec &arrays);

@@ -182,6 +182,31 @@ impl Ctx {
     }
 }
 
+impl Ctx {
+    /// Attention probabilities: softmax over the last axis of `scores`, then
+    /// dropout `rate` when training. On the GPU one fused kernel does both
+    /// (and draws the mask [`Ctx::dropout`] would), on the CPU our softmax
+    /// kernel runs for f32.
+    pub fn attention_probs(&self, scores: &Array, rate: f32) -> Result<Array> {
+        let training = self.train && rate > 0.0 && rate < 1.0;
+        if training
+            && kernels::gpu_applies(scores)
+            && scores
+                .dim(-1)
+                .is_some_and(|n| n <= kernels::GPU_SOFTMAX_MAX_ROW)
+        {
+            let key = self.next_key()?;
+            return Ok(kernels::gpu_softmax_dropout(scores, &key, rate)?);
+        }
+        let probs = if kernels::applies(scores) {
+            kernels::softmax_last(scores)?
+        } else {
+            ops::softmax_axis(scores, -1, true)?
+        };
+        self.dropout(&probs, rate)
+    }
+}
+
 /// `[batch, seq]` 0/1 mask → `[batch, 1, 1, seq]` additive bias (0 where
 /// attended, [`MASK_NEG`] where masked), in `dtype`.
 pub fn mask_bias(attention_mask: &Array, dtype: Dtype) -> Result<Array> {
@@ -229,7 +254,7 @@ pub fn multi_head_attention(
 ) -> Result<Array> {
     if kernels::applies(q) {
         let scores = kernels::attention_scores(q, k, heads, scale)?.add(bias)?;
-        let probs = ctx.dropout(&kernels::softmax_last(&scores)?, rate)?;
+        let probs = ctx.attention_probs(&scores, rate)?;
         return kernels::attention_values(&probs, v, heads).context("attention");
     }
     let (q, k, v) = (
@@ -270,12 +295,6 @@ pub fn attention(
     } else {
         scores
     };
-    let scores = scores.add(bias)?;
-    let probs = if ours {
-        kernels::softmax_last(&scores)?
-    } else {
-        ops::softmax_axis(scores, -1, true)?
-    };
-    let probs = ctx.dropout(&probs, rate)?;
+    let probs = ctx.attention_probs(&scores.add(bias)?, rate)?;
     Ok(ops::matmul(probs, v)?)
 }

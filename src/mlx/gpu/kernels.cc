@@ -44,6 +44,17 @@ __device__ __forceinline__ unsigned int xtr_dropout_hash(
   unsigned int h = xtr_mix32(static_cast<unsigned int>(index) ^ lo);
   return xtr_mix32(h ^ hi ^ static_cast<unsigned int>(index >> 32) * 0x9e3779b9U);
 }
+#define kNegInf __int_as_float(0xff800000)
+__device__ __forceinline__ float xtr_warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float xtr_warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
 )cuda";
 
 // Inputs x (T) and key (uint32 x 2), output y (T). Template constants: T, the
@@ -87,6 +98,103 @@ const char *const kDropout = R"cuda(
   }
 )cuda";
 
+// Attention probabilities with dropout, one warp per row of `s` (length L,
+// PER_LANE = ceil(L / 32) values held in registers by each lane): the row's
+// softmax in f32, then the dropout mask of the flat index row * L + col, the
+// one `xtr_dropout` would draw on the softmax's output. Inputs s (T), key;
+// output y (T).
+const char *const kSoftmaxDropout = R"cuda(
+  unsigned long long n = 1;
+  for (int d = 0; d < s_ndim; ++d) n *= static_cast<unsigned long long>(s_shape[d]);
+  const int L = s_shape[s_ndim - 1];
+  const unsigned long long rows = n / L;
+  const unsigned long long row = (static_cast<unsigned long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const unsigned int lo = key[1], hi = key[0];
+  const unsigned int threshold = static_cast<unsigned int>(THRESHOLD_BITS);
+  const float scale = __int_as_float(SCALE_BITS);
+  const T *in = s + row * L;
+  T *out = y + row * L;
+  float v[PER_LANE];
+  float m = kNegInf;
+#pragma unroll
+  for (int k = 0; k < PER_LANE; ++k) {
+    const int c = lane + 32 * k;
+    v[k] = c < L ? static_cast<float>(in[c]) : kNegInf;
+    m = fmaxf(m, v[k]);
+  }
+  m = xtr_warp_max(m);
+  float sum = 0.0f;
+#pragma unroll
+  for (int k = 0; k < PER_LANE; ++k) {
+    const int c = lane + 32 * k;
+    v[k] = c < L ? expf(v[k] - m) : 0.0f;
+    sum += v[k];
+  }
+  const float inv = 1.0f / xtr_warp_sum(sum);
+#pragma unroll
+  for (int k = 0; k < PER_LANE; ++k) {
+    const int c = lane + 32 * k;
+    if (c < L) {
+      const bool keep = xtr_dropout_hash(lo, hi, row * L + c) >= threshold;
+      out[c] = static_cast<T>(keep ? v[k] * inv * scale : 0.0f);
+    }
+  }
+)cuda";
+
+// Its gradient: with p the row's softmax (recomputed from s), g = mask * scale
+// * dy the gradient at p, ds = p * (g - sum(p * g)). Inputs s, dy (T), key;
+// output ds (T).
+const char *const kSoftmaxDropoutVjp = R"cuda(
+  unsigned long long n = 1;
+  for (int d = 0; d < s_ndim; ++d) n *= static_cast<unsigned long long>(s_shape[d]);
+  const int L = s_shape[s_ndim - 1];
+  const unsigned long long rows = n / L;
+  const unsigned long long row = (static_cast<unsigned long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= rows) return;
+  const unsigned int lo = key[1], hi = key[0];
+  const unsigned int threshold = static_cast<unsigned int>(THRESHOLD_BITS);
+  const float scale = __int_as_float(SCALE_BITS);
+  const T *in = s + row * L;
+  const T *din = dy + row * L;
+  T *out = ds + row * L;
+  float p[PER_LANE], g[PER_LANE];
+  float m = kNegInf;
+#pragma unroll
+  for (int k = 0; k < PER_LANE; ++k) {
+    const int c = lane + 32 * k;
+    p[k] = c < L ? static_cast<float>(in[c]) : kNegInf;
+    m = fmaxf(m, p[k]);
+  }
+  m = xtr_warp_max(m);
+  float sum = 0.0f;
+#pragma unroll
+  for (int k = 0; k < PER_LANE; ++k) {
+    const int c = lane + 32 * k;
+    p[k] = c < L ? expf(p[k] - m) : 0.0f;
+    sum += p[k];
+  }
+  const float inv = 1.0f / xtr_warp_sum(sum);
+  float dot = 0.0f;
+#pragma unroll
+  for (int k = 0; k < PER_LANE; ++k) {
+    const int c = lane + 32 * k;
+    p[k] *= inv;
+    g[k] = 0.0f;
+    if (c < L && xtr_dropout_hash(lo, hi, row * L + c) >= threshold)
+      g[k] = static_cast<float>(din[c]) * scale;
+    dot += p[k] * g[k];
+  }
+  dot = xtr_warp_sum(dot);
+#pragma unroll
+  for (int k = 0; k < PER_LANE; ++k) {
+    const int c = lane + 32 * k;
+    if (c < L) out[c] = static_cast<T>(p[k] * (g[k] - dot));
+  }
+)cuda";
+
 constexpr int kBlock = 256;
 // 2^20 threads: enough to fill an H100 (132 SMs x 2048) several times over.
 constexpr size_t kMaxThreads = size_t(1) << 20;
@@ -103,23 +211,91 @@ int bits_of(float f) {
   return i;
 }
 
-// The same threshold and scale as the CPU kernel (primitives.cc, Op::Dropout).
+// The dropout constants, as the CPU kernel derives them (primitives.cc,
+// Op::Dropout): the keep threshold's bits and the f32 scale's bits.
+struct Mask {
+  int threshold_bits, scale_bits;
+};
+
+Mask mask_constants(float rate) {
+  double t = static_cast<double>(rate) * 4294967296.0;
+  uint32_t threshold = t >= 4294967295.0 ? 0xffffffffU : static_cast<uint32_t>(t);
+  return {static_cast<int>(threshold), bits_of(1.0f / (1.0f - rate))};
+}
+
 array dropout_forward(const array &x, const array &key, float rate) {
   if (x.ndim() == 0) // the kernel reads x_shape, which MLX passes only for ndim > 0
     return mx::reshape(dropout_forward(mx::reshape(x, {1}), key, rate), {});
-  double t = static_cast<double>(rate) * 4294967296.0;
-  uint32_t threshold = t >= 4294967295.0 ? 0xffffffffU : static_cast<uint32_t>(t);
-  float scale = 1.0f / (1.0f - rate);
+  Mask m = mask_constants(rate);
   size_t per_thread = 16 / x.itemsize();
   size_t work = (x.size() + per_thread - 1) / per_thread;
   size_t threads = std::min(kMaxThreads, (work + kBlock - 1) / kBlock * kBlock);
   auto out = dropout_kernel()(
       {x, key}, {x.shape()}, {x.dtype()}, {static_cast<int>(threads), 1, 1}, {kBlock, 1, 1},
-      {{"T", x.dtype()},
-       {"THRESHOLD_BITS", static_cast<int>(threshold)},
-       {"SCALE_BITS", bits_of(scale)}},
+      {{"T", x.dtype()}, {"THRESHOLD_BITS", m.threshold_bits}, {"SCALE_BITS", m.scale_bits}},
       std::nullopt, false, {});
   return out[0];
+}
+
+// Rows up to this long keep their values in registers (ceil(L/32) per lane).
+constexpr int kMaxSoftmaxRow = 1024;
+
+const mx::fast::CustomKernelFunction &softmax_dropout_kernel() {
+  static const mx::fast::CustomKernelFunction k = mx::fast::cuda_kernel(
+      "xtr_softmax_dropout", {"s", "key"}, {"y"}, kSoftmaxDropout, kHeader);
+  return k;
+}
+
+const mx::fast::CustomKernelFunction &softmax_dropout_vjp_kernel() {
+  static const mx::fast::CustomKernelFunction k = mx::fast::cuda_kernel(
+      "xtr_softmax_dropout_vjp", {"s", "dy", "key"}, {"ds"}, kSoftmaxDropoutVjp, kHeader);
+  return k;
+}
+
+// One warp per row, 8 warps a block.
+std::tuple<int, int, int> row_grid(const array &s) {
+  size_t rows = s.size() / static_cast<size_t>(s.shape(-1));
+  return {static_cast<int>(rows * 32), 1, 1};
+}
+
+std::vector<std::pair<std::string, mx::fast::TemplateArg>> row_constants(const array &s,
+                                                                      float rate) {
+  Mask m = mask_constants(rate);
+  return {{"T", s.dtype()},
+          {"PER_LANE", (s.shape(-1) + 31) / 32},
+          {"THRESHOLD_BITS", m.threshold_bits},
+          {"SCALE_BITS", m.scale_bits}};
+}
+
+array softmax_dropout(const array &s, const array &key, float rate) {
+  if (!(rate >= 0.0f && rate < 1.0f))
+    throw std::invalid_argument("dropout rate must be in [0, 1), got " + std::to_string(rate));
+  if (key.dtype() != mx::uint32 || key.size() != 2)
+    throw std::invalid_argument("dropout needs a PRNG key (uint32, 2 elements)");
+  if (!mx::issubdtype(s.dtype(), mx::floating) || s.ndim() == 0)
+    throw std::invalid_argument("GPU softmax-dropout takes a floating-point array of rank >= 1");
+  if (s.shape(-1) > kMaxSoftmaxRow)
+    throw std::invalid_argument("GPU softmax-dropout: rows longer than " +
+                                std::to_string(kMaxSoftmaxRow) + " are not supported");
+  if (s.size() == 0) return s;
+  if (static_cast<size_t>(s.size()) / s.shape(-1) * 32 > 0x7fffffffULL)
+    throw std::invalid_argument("GPU softmax-dropout: too many rows for one launch");
+  auto f = mx::custom_vjp(
+      [rate](const std::vector<array> &in) {
+        const array &s = in[0];
+        return softmax_dropout_kernel()({s, in[1]}, {s.shape()}, {s.dtype()}, row_grid(s),
+                                        {kBlock, 1, 1}, row_constants(s, rate), std::nullopt,
+                                        false, {});
+      },
+      [rate](const std::vector<array> &primals, const std::vector<array> &cotangents,
+             const std::vector<array> &) {
+        const array &s = primals[0];
+        auto ds = softmax_dropout_vjp_kernel()(
+            {s, mx::astype(cotangents[0], s.dtype()), primals[1]}, {s.shape()}, {s.dtype()},
+            row_grid(s), {kBlock, 1, 1}, row_constants(s, rate), std::nullopt, false, {});
+        return std::vector<array>{ds[0], mx::zeros_like(primals[1])};
+      });
+  return f({s, key})[0];
 }
 
 array dropout(const array &x, const array &key, float rate) {
@@ -147,6 +323,9 @@ array dropout(const array &x, const array &key, float rate) {
 
 ArrayPtr xtr_gpu_dropout(const array &x, const array &key, float rate) {
   return std::make_unique<array>(gpu::dropout(x, key, rate));
+}
+ArrayPtr xtr_gpu_softmax_dropout(const array &s, const array &key, float rate) {
+  return std::make_unique<array>(gpu::softmax_dropout(s, key, rate));
 }
 
 } // namespace xtr_mlx
