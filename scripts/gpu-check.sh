@@ -12,9 +12,11 @@
 # GPU_CHECK_PARTS (default parity,xtr,torch) picks the parts: on an H100 parity
 # and xtr take about a minute together, torch (torch.compile at three batch
 # sizes) five to eight, so a 10-minute device call should run torch on its own.
-# Two more parts: `dropout` (batch 256 bf16 with our dropout kernel, with MLX's
-# bernoulli dropout, and without dropout) and `profile` (the batch-256 bf16 step
-# under Nsight Systems, when `nsys` is on the machine: time per GPU kernel).
+# More parts: `dropout` (batch 256 bf16 with our dropout kernels, with MLX's
+# bernoulli dropout, and without dropout), `stage` (pipelines/profile.toml through
+# `xtr-pipe run`: the profile stage kind with device = "auto" lands on the GPU)
+# and `profile` (the batch-256 bf16 step under Nsight Compute, one kernel at a
+# time: GPU time per kernel, as a CSV in /tmp/xtr-step-kernels.csv).
 # The parity part needs all-MiniLM-L6-v2: XTR_MINILM_DIR, or the pip package.
 # The first MLX run on a fresh machine compiles its CUDA kernels (about 2 min).
 set -uo pipefail
@@ -41,16 +43,22 @@ if [[ $parts == *,dropout,* ]]; then
   XTR_GPU_KERNELS=off step --batch 256 --dtype bf16
   step --batch 256 --dtype bf16 --dropout false
 fi
+if [[ $parts == *,stage,* ]]; then
+  echo "== pipelines/profile.toml (kind = \"profile\", device = \"auto\")"
+  "$bin/xtr-pipe" run pipelines/profile.toml --json |
+    python3 -c 'import json,sys
+for s in json.load(sys.stdin)["stages"]:
+    print(s["name"], s["status"], json.dumps(s.get("metrics")))'
+fi
 if [[ $parts == *,profile,* ]]; then
-  if command -v nsys >/dev/null; then
-    echo "== nsys: batch 256 bf16, time per kernel"
-    nsys profile -q -t cuda --cuda-graph-trace=node -o /tmp/xtr-step -f true \
-      "$bin/xtr-pipe" bench train-step --model t5-base-random --device gpu --batch 256 \
-      --dtype bf16 --steps 5 --warmup 2 --json >/dev/null
-    nsys stats -q -r cuda_gpu_kern_sum -f csv /tmp/xtr-step.nsys-rep 2>/dev/null | head -40 |
-      cut -c1-220
+  ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+  if [ -x "$ncu" ]; then
+    echo "== ncu: batch 256 bf16, GPU time per kernel (two steps) -> /tmp/xtr-step-kernels.csv"
+    "$ncu" --csv --metrics gpu__time_duration.sum "$bin/xtr-pipe" bench train-step \
+      --model t5-base-random --device gpu --batch 256 --dtype bf16 --steps 1 --warmup 1 \
+      --json > /tmp/xtr-step-kernels.csv && wc -l /tmp/xtr-step-kernels.csv
   else
-    echo "== profile: nsys is not on this machine"
+    echo "== profile: Nsight Compute (ncu) is not on this machine"
   fi
 fi
 if [[ $parts == *,torch,* ]] && [ -x "$py" ]; then

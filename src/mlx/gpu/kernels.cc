@@ -55,6 +55,53 @@ __device__ __forceinline__ float xtr_warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+// What a warp-per-row kernel over an array of shape `shape` needs: its row,
+// the row length, its lane, and the dropout constants.
+struct XtrRow {
+  unsigned long long row;
+  int L, lane;
+  bool active;
+  unsigned int lo, hi, threshold;
+  float scale;
+};
+template <typename S>
+__device__ __forceinline__ XtrRow xtr_row(const S &shape, int ndim, const unsigned int *key,
+                                          int threshold_bits, int scale_bits) {
+  XtrRow r;
+  unsigned long long n = 1;
+  for (int d = 0; d < ndim; ++d) n *= static_cast<unsigned long long>(shape[d]);
+  r.L = shape[ndim - 1];
+  r.row = (static_cast<unsigned long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  r.lane = threadIdx.x % 32;
+  r.active = r.row < n / r.L;
+  r.lo = key[1];
+  r.hi = key[0];
+  r.threshold = static_cast<unsigned int>(threshold_bits);
+  r.scale = __int_as_float(scale_bits);
+  return r;
+}
+// The softmax of one row of length L, computed by one warp in f32: lane
+// `lane` gets the probabilities of columns lane + 32 k in p[k] (0 past L).
+template <typename T, int N>
+__device__ __forceinline__ void xtr_row_softmax(const T *in, int L, int lane, float (&p)[N]) {
+  float m = kNegInf;
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    const int c = lane + 32 * k;
+    p[k] = c < L ? static_cast<float>(in[c]) : kNegInf;
+    m = fmaxf(m, p[k]);
+  }
+  m = xtr_warp_max(m);
+  float sum = 0.0f;
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    p[k] = lane + 32 * k < L ? expf(p[k] - m) : 0.0f;
+    sum += p[k];
+  }
+  const float inv = 1.0f / xtr_warp_sum(sum);
+#pragma unroll
+  for (int k = 0; k < N; ++k) p[k] *= inv;
+}
 )cuda";
 
 // Inputs x (T) and key (uint32 x 2), output y (T). Template constants: T, the
@@ -104,41 +151,20 @@ const char *const kDropout = R"cuda(
 // one `xtr_dropout` would draw on the softmax's output. Inputs s (T), key;
 // output y (T).
 const char *const kSoftmaxDropout = R"cuda(
-  unsigned long long n = 1;
-  for (int d = 0; d < s_ndim; ++d) n *= static_cast<unsigned long long>(s_shape[d]);
-  const int L = s_shape[s_ndim - 1];
-  const unsigned long long rows = n / L;
-  const unsigned long long row = (static_cast<unsigned long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= rows) return;
-  const unsigned int lo = key[1], hi = key[0];
-  const unsigned int threshold = static_cast<unsigned int>(THRESHOLD_BITS);
-  const float scale = __int_as_float(SCALE_BITS);
+  const XtrRow r = xtr_row(s_shape, s_ndim, key, THRESHOLD_BITS, SCALE_BITS);
+  if (!r.active) return;
+  const int L = r.L;
+  const unsigned long long row = r.row;
   const T *in = s + row * L;
   T *out = y + row * L;
-  float v[PER_LANE];
-  float m = kNegInf;
+  float p[PER_LANE];
+  xtr_row_softmax(in, L, r.lane, p);
 #pragma unroll
   for (int k = 0; k < PER_LANE; ++k) {
-    const int c = lane + 32 * k;
-    v[k] = c < L ? static_cast<float>(in[c]) : kNegInf;
-    m = fmaxf(m, v[k]);
-  }
-  m = xtr_warp_max(m);
-  float sum = 0.0f;
-#pragma unroll
-  for (int k = 0; k < PER_LANE; ++k) {
-    const int c = lane + 32 * k;
-    v[k] = c < L ? expf(v[k] - m) : 0.0f;
-    sum += v[k];
-  }
-  const float inv = 1.0f / xtr_warp_sum(sum);
-#pragma unroll
-  for (int k = 0; k < PER_LANE; ++k) {
-    const int c = lane + 32 * k;
+    const int c = r.lane + 32 * k;
     if (c < L) {
-      const bool keep = xtr_dropout_hash(lo, hi, row * L + c) >= threshold;
-      out[c] = static_cast<T>(keep ? v[k] * inv * scale : 0.0f);
+      const bool keep = xtr_dropout_hash(r.lo, r.hi, row * L + c) >= r.threshold;
+      out[c] = static_cast<T>(keep ? p[k] * r.scale : 0.0f);
     }
   }
 )cuda";
@@ -147,50 +173,28 @@ const char *const kSoftmaxDropout = R"cuda(
 // * dy the gradient at p, ds = p * (g - sum(p * g)). Inputs s, dy (T), key;
 // output ds (T).
 const char *const kSoftmaxDropoutVjp = R"cuda(
-  unsigned long long n = 1;
-  for (int d = 0; d < s_ndim; ++d) n *= static_cast<unsigned long long>(s_shape[d]);
-  const int L = s_shape[s_ndim - 1];
-  const unsigned long long rows = n / L;
-  const unsigned long long row = (static_cast<unsigned long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= rows) return;
-  const unsigned int lo = key[1], hi = key[0];
-  const unsigned int threshold = static_cast<unsigned int>(THRESHOLD_BITS);
-  const float scale = __int_as_float(SCALE_BITS);
+  const XtrRow r = xtr_row(s_shape, s_ndim, key, THRESHOLD_BITS, SCALE_BITS);
+  if (!r.active) return;
+  const int L = r.L;
+  const unsigned long long row = r.row;
   const T *in = s + row * L;
   const T *din = dy + row * L;
   T *out = ds + row * L;
   float p[PER_LANE], g[PER_LANE];
-  float m = kNegInf;
-#pragma unroll
-  for (int k = 0; k < PER_LANE; ++k) {
-    const int c = lane + 32 * k;
-    p[k] = c < L ? static_cast<float>(in[c]) : kNegInf;
-    m = fmaxf(m, p[k]);
-  }
-  m = xtr_warp_max(m);
-  float sum = 0.0f;
-#pragma unroll
-  for (int k = 0; k < PER_LANE; ++k) {
-    const int c = lane + 32 * k;
-    p[k] = c < L ? expf(p[k] - m) : 0.0f;
-    sum += p[k];
-  }
-  const float inv = 1.0f / xtr_warp_sum(sum);
+  xtr_row_softmax(in, L, r.lane, p);
   float dot = 0.0f;
 #pragma unroll
   for (int k = 0; k < PER_LANE; ++k) {
-    const int c = lane + 32 * k;
-    p[k] *= inv;
+    const int c = r.lane + 32 * k;
     g[k] = 0.0f;
-    if (c < L && xtr_dropout_hash(lo, hi, row * L + c) >= threshold)
-      g[k] = static_cast<float>(din[c]) * scale;
+    if (c < L && xtr_dropout_hash(r.lo, r.hi, row * L + c) >= r.threshold)
+      g[k] = static_cast<float>(din[c]) * r.scale;
     dot += p[k] * g[k];
   }
   dot = xtr_warp_sum(dot);
 #pragma unroll
   for (int k = 0; k < PER_LANE; ++k) {
-    const int c = lane + 32 * k;
+    const int c = r.lane + 32 * k;
     if (c < L) out[c] = static_cast<T>(p[k] * (g[k] - dot));
   }
 )cuda";
@@ -216,6 +220,13 @@ int bits_of(float f) {
 struct Mask {
   int threshold_bits, scale_bits;
 };
+
+void check_rate_and_key(float rate, const array &key) {
+  if (!(rate >= 0.0f && rate < 1.0f))
+    throw std::invalid_argument("dropout rate must be in [0, 1), got " + std::to_string(rate));
+  if (key.dtype() != mx::uint32 || key.size() != 2)
+    throw std::invalid_argument("dropout needs a PRNG key (uint32, 2 elements)");
+}
 
 Mask mask_constants(float rate) {
   double t = static_cast<double>(rate) * 4294967296.0;
@@ -268,10 +279,7 @@ std::vector<std::pair<std::string, mx::fast::TemplateArg>> row_constants(const a
 }
 
 array softmax_dropout(const array &s, const array &key, float rate) {
-  if (!(rate >= 0.0f && rate < 1.0f))
-    throw std::invalid_argument("dropout rate must be in [0, 1), got " + std::to_string(rate));
-  if (key.dtype() != mx::uint32 || key.size() != 2)
-    throw std::invalid_argument("dropout needs a PRNG key (uint32, 2 elements)");
+  check_rate_and_key(rate, key);
   if (!mx::issubdtype(s.dtype(), mx::floating) || s.ndim() == 0)
     throw std::invalid_argument("GPU softmax-dropout takes a floating-point array of rank >= 1");
   if (s.shape(-1) > kMaxSoftmaxRow)
@@ -299,10 +307,7 @@ array softmax_dropout(const array &s, const array &key, float rate) {
 }
 
 array dropout(const array &x, const array &key, float rate) {
-  if (!(rate >= 0.0f && rate < 1.0f))
-    throw std::invalid_argument("dropout rate must be in [0, 1), got " + std::to_string(rate));
-  if (key.dtype() != mx::uint32 || key.size() != 2)
-    throw std::invalid_argument("dropout needs a PRNG key (uint32, 2 elements)");
+  check_rate_and_key(rate, key);
   if (!mx::issubdtype(x.dtype(), mx::floating))
     throw std::invalid_argument("GPU dropout takes a floating-point array");
   if (x.size() == 0) return x;
