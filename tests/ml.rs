@@ -135,6 +135,15 @@ device = "{device}"
     assert_eq!(profile["batch"], 3);
     assert_eq!(profile["steps"], 2);
     assert!(profile["final_loss"].as_f64().is_some_and(f64::is_finite));
+    let log = std::fs::read_to_string(step["log"].as_str().expect("a log path")).expect("log");
+    for line in [
+        "warm-up step 1:",
+        "timed step 1:",
+        "timed step 2:",
+        "samples/s",
+    ] {
+        assert!(log.contains(line), "log lacks {line:?}:\n{log}");
+    }
     let again = p.json(&["run", "p.toml"]);
     assert_eq!(common::stage(&again, "step")["status"], "cached");
 

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::compute::{self, DeviceGuard, DeviceParam, DtypeParam, Resolved};
 use super::{Kind, Stage, StageContext};
 use crate::pipeline::{ConfigError, StageSpec};
-use crate::train::bench::{run_until, BenchOptions, T5_BASE_RANDOM};
+use crate::train::bench::{run_until, BenchOptions, StepDone, T5_BASE_RANDOM};
 
 pub const KIND: Kind = Kind {
     name: "profile",
@@ -175,10 +175,26 @@ impl Stage for ProfileStage {
             compile: p.compile,
             dtype: p.dtype.dtype(),
         };
+        let bar = progress_bar(ctx.stage, (p.warmup + p.steps) as u64);
+        let mut step_log = log.try_clone()?;
+        let mut on_step = |s: StepDone| {
+            bar.inc(1);
+            // The log is best effort here; the report below is what the stage promises.
+            let _ = writeln!(
+                step_log,
+                "{} step {}: {:.4} s, loss {:.4}",
+                if s.warmup { "warm-up" } else { "timed" },
+                s.index + 1,
+                s.seconds,
+                s.loss
+            );
+        };
         let report = {
             let _device = DeviceGuard::acquire(self.device)?;
-            run_until(&opts, &|| ctx.cancel.load(Ordering::Relaxed))?
+            run_until(&opts, &|| ctx.cancel.load(Ordering::Relaxed), &mut on_step)
         };
+        bar.finish_and_clear();
+        let report = report?;
         let json = serde_json::to_string_pretty(&report)?;
         std::fs::write(ctx.out_dir.join("profile.json"), json + "\n")
             .context("writing profile.json")?;
@@ -196,6 +212,20 @@ impl Stage for ProfileStage {
         )?;
         Ok(())
     }
+}
+
+/// Steps done, on a terminal only (the first step includes compiling the graph).
+fn progress_bar(stage: &str, steps: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(steps);
+    let template = format!("  {stage}  [{{bar:30}}] {{pos}}/{{len}} steps {{elapsed}}");
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
 }
 
 #[cfg(test)]

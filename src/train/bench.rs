@@ -55,12 +55,28 @@ pub struct BenchReport {
 
 /// Times the step as `opts` says.
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
-    run_until(opts, &|| false)
+    run_until(opts, &|| false, &mut |_| {})
 }
 
-/// Like [`run`], checking `cancelled` between steps: when it turns true the
-/// run stops with [`crate::stages::Cancelled`].
-pub fn run_until(opts: &BenchOptions, cancelled: &dyn Fn() -> bool) -> Result<BenchReport> {
+/// One finished step, as [`run_until`] reports it.
+#[derive(Debug, Clone, Copy)]
+pub struct StepDone {
+    /// An untimed warm-up step (the first compiles the graph).
+    pub warmup: bool,
+    /// 0-based among the warm-up or among the timed steps.
+    pub index: usize,
+    pub seconds: f64,
+    pub loss: f32,
+}
+
+/// Like [`run`], checking `cancelled` before each step (when it turns true the
+/// run stops with [`crate::stages::Cancelled`]) and telling `on_step` about
+/// each step as it finishes.
+pub fn run_until(
+    opts: &BenchOptions,
+    cancelled: &dyn Fn() -> bool,
+    on_step: &mut dyn FnMut(StepDone),
+) -> Result<BenchReport> {
     if opts.batch < 2 {
         bail!("--batch must be at least 2 (in-batch negatives)");
     }
@@ -93,17 +109,31 @@ pub fn run_until(opts: &BenchOptions, cancelled: &dyn Fn() -> bool) -> Result<Be
         }
         Ok(())
     };
-    for _ in 0..opts.warmup {
+    for index in 0..opts.warmup {
         stop()?;
+        let start = Instant::now();
         loss = trainer.step(&batch, None)?;
+        on_step(StepDone {
+            warmup: true,
+            index,
+            seconds: start.elapsed().as_secs_f64(),
+            loss,
+        });
     }
     let mut times = Vec::with_capacity(opts.steps);
     let mut phases = PhaseTimes::default();
-    for _ in 0..opts.steps {
+    for index in 0..opts.steps {
         stop()?;
         let start = Instant::now();
         loss = trainer.step(&batch, Some(&mut phases))?;
-        times.push(start.elapsed().as_secs_f64());
+        let seconds = start.elapsed().as_secs_f64();
+        times.push(seconds);
+        on_step(StepDone {
+            warmup: false,
+            index,
+            seconds,
+            loss,
+        });
     }
     if !loss.is_finite() {
         bail!("the loss is {loss}: the step diverged");
