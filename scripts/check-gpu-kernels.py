@@ -42,7 +42,7 @@ KERNELS = {
             [("y", t)],
             {"T": t, "PER_LANE": 4, "THRESHOLD_BITS": 429496729, "SCALE_BITS": 1066285284},
         )
-        for t in ("float", "__nv_bfloat16")
+        for t in ("float", "__nv_bfloat16", "__half")
     ],
     "kSoftmaxDropoutVjp": [
         (
@@ -50,7 +50,7 @@ KERNELS = {
             [("ds", t)],
             {"T": t, "PER_LANE": 4, "THRESHOLD_BITS": 429496729, "SCALE_BITS": 1066285284},
         )
-        for t in ("float", "__nv_bfloat16")
+        for t in ("float", "__nv_bfloat16", "__half")
     ],
 }
 
