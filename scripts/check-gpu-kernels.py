@@ -52,6 +52,34 @@ KERNELS = {
         )
         for t in ("float", "__nv_bfloat16", "__half")
     ],
+    "kActDropout": [
+        (
+            [("a", t), ("g", t), ("key", "uint32_t")],
+            [("y", t)],
+            {"T": t, "ACT": act, "GATED": gated, "THRESHOLD_BITS": 429496729, "SCALE_BITS": 1066285284},
+        )
+        for t in ("float", "__nv_bfloat16")
+        for act in range(4)
+        for gated in (False, True)
+    ],
+    "kActDropoutVjp": [
+        (
+            [("a", t), ("g", t), ("dy", t), ("key", "uint32_t")],
+            [("da", t), ("dg", t)],
+            {"T": t, "ACT": act, "GATED": gated, "THRESHOLD_BITS": 429496729, "SCALE_BITS": 1066285284},
+        )
+        for t in ("float", "__nv_bfloat16")
+        for act in range(4)
+        for gated in (False, True)
+    ],
+    "kAddDropout": [
+        (
+            [("h", t), ("x", t), ("key", "uint32_t")],
+            [("y", t)],
+            {"T": t, "THRESHOLD_BITS": 429496729, "SCALE_BITS": 1066285284},
+        )
+        for t in ("float", "__nv_bfloat16", "__half")
+    ],
 }
 
 PRELUDE = """
@@ -92,10 +120,14 @@ def wrap(name, header, body, inputs, outputs, consts):
         if f"{n}_ndim" in body:
             params.append(f"const __grid_constant__ int {n}_ndim")
     params += [f"{t}* {n}" for n, t in outputs]
-    lines = [
-        f"using {k} = {v};" if isinstance(v, str) else f"constexpr int {k} = {v};"
-        for k, v in consts.items()
-    ]
+    def const(k, v):
+        if isinstance(v, str):
+            return f"using {k} = {v};"
+        if isinstance(v, bool):
+            return f"constexpr bool {k} = {'true' if v else 'false'};"
+        return f"constexpr int {k} = {v};"
+
+    lines = [const(k, v) for k, v in consts.items()]
     return (
         PRELUDE + header + f'extern "C" __global__ void {name}(' + ", ".join(params) + ") {\n"
         + "\n".join(lines) + body + "\n}\n"
@@ -129,7 +161,7 @@ def main():
             failed += 1
             continue
         for inputs, outputs, consts in KERNELS[name]:
-            label = f"{name}<{consts.get('T', '')}>"
+            label = f"{name}<" + ",".join(str(v) for v in consts.values() if not isinstance(v, int) or isinstance(v, bool) or v < 10) + ">"
             rc, log = compile_one(lib, include, wrap(name, header, body, inputs, outputs, consts), label)
             print(f"{label}: {'ok' if rc == 0 else 'FAILED'}")
             if log:

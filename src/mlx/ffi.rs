@@ -198,6 +198,20 @@ pub(crate) mod sys {
             key: &MxArray,
             rate: f32,
         ) -> Result<UniquePtr<MxArray>>;
+        fn xtr_gpu_act_dropout(
+            a: &MxArray,
+            gate: &MxArray,
+            gated: bool,
+            act: i32,
+            key: &MxArray,
+            rate: f32,
+        ) -> Result<UniquePtr<MxArray>>;
+        fn xtr_gpu_add_dropout(
+            h: &MxArray,
+            x: &MxArray,
+            key: &MxArray,
+            rate: f32,
+        ) -> Result<UniquePtr<MxArray>>;
 
         // transforms
         fn eval(arrays: &ArrayVec) -> Result<()>;

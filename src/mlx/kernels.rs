@@ -7,10 +7,12 @@
 //! CPU at run time) across all cores. They exist only for f32 on the CPU:
 //! callers ask [`applies`] and otherwise compose MLX's own ops.
 //!
-//! On the GPU (`src/mlx/gpu/`): dropout, and softmax fused with dropout for
-//! attention probabilities, as CUDA kernels that MLX compiles at run time
-//! ([`gpu_applies`], [`gpu_dropout`], [`gpu_softmax_dropout`]). They draw the
-//! same mask as the CPU kernel for the same key.
+//! On the GPU (`src/mlx/gpu/`): dropout alone ([`gpu_dropout`]) and fused
+//! with what it follows: the attention softmax ([`gpu_softmax_dropout`]), a
+//! feed-forward activation and gate ([`gpu_act_dropout`]), a residual add
+//! ([`gpu_add_dropout`]). They are CUDA kernels that MLX compiles at run time
+//! (see [`gpu_applies`]), and they draw the same mask as the CPU kernel for the
+//! same key.
 //!
 //! Switches (read once, at first use):
 //! - `XTR_CPU_KERNELS=off` — never use the CPU kernels (compare against MLX's ops);
@@ -91,6 +93,34 @@ pub fn gpu_applies(x: &Array) -> bool {
 /// [`gpu_applies`]).
 pub fn gpu_dropout(x: &Array, key: &Array, rate: f32) -> Result<Array> {
     Array::wrap(sys::xtr_gpu_dropout(x.raw(), key.raw(), rate))
+}
+
+/// `dropout(act(a) * gate)` (no gate: `dropout(act(a))`) in one pass per
+/// direction, the activation computed in f32: `act` is 0 ReLU, 1 erf GELU,
+/// 2 tanh GELU, 3 SiLU. The mask is the one [`gpu_dropout`] draws on the
+/// product. GPU only.
+pub fn gpu_act_dropout(
+    a: &Array,
+    gate: Option<&Array>,
+    act: i32,
+    key: &Array,
+    rate: f32,
+) -> Result<Array> {
+    let g = gate.unwrap_or(a);
+    Array::wrap(sys::xtr_gpu_act_dropout(
+        a.raw(),
+        g.raw(),
+        gate.is_some(),
+        act,
+        key.raw(),
+        rate,
+    ))
+}
+
+/// `h + gpu_dropout(x, key, rate)` in one pass; its gradient passes straight
+/// to `h` and through the mask to `x`. GPU only.
+pub fn gpu_add_dropout(h: &Array, x: &Array, key: &Array, rate: f32) -> Result<Array> {
+    Array::wrap(sys::xtr_gpu_add_dropout(h.raw(), x.raw(), key.raw(), rate))
 }
 
 /// Rows up to this long go through [`gpu_softmax_dropout`].

@@ -170,6 +170,9 @@ int32_t cpu_kernel_threads();
 // ---- xtr-pipe's GPU kernels (src/mlx/gpu/kernels.cc) ----
 ArrayPtr xtr_gpu_dropout(const array &x, const array &key, float rate);
 ArrayPtr xtr_gpu_softmax_dropout(const array &s, const array &key, float rate);
+ArrayPtr xtr_gpu_act_dropout(const array &a, const array &gate, bool gated, int32_t act,
+                             const array &key, float rate);
+ArrayPtr xtr_gpu_add_dropout(const array &h, const array &x, const array &key, float rate);
 
 // ---- transforms ----
 void eval(const ArrayVec &arrays);

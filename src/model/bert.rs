@@ -205,13 +205,17 @@ impl BertEncoder {
         let bias = mask_bias(attention_mask, self.word.dtype())?;
         for layer in &self.layers {
             let a = self.self_attention(ctx, layer, &h, &bias)?;
-            let a = ctx.dropout(&layer.attn_out.forward(ctx, &a)?, self.hidden_dropout)?;
-            h = layer.attn_norm.forward(&a.add(&h)?, eps)?;
+            let a = layer.attn_out.forward(ctx, &a)?;
+            h = layer
+                .attn_norm
+                .forward(&ctx.add_dropout(&h, &a, self.hidden_dropout)?, eps)?;
             let f = self
                 .activation
                 .apply(&layer.intermediate.forward(ctx, &h)?)?;
-            let f = ctx.dropout(&layer.output.forward(ctx, &f)?, self.hidden_dropout)?;
-            h = layer.out_norm.forward(&f.add(&h)?, eps)?;
+            let f = layer.output.forward(ctx, &f)?;
+            h = layer
+                .out_norm
+                .forward(&ctx.add_dropout(&h, &f, self.hidden_dropout)?, eps)?;
         }
         Ok(h)
     }

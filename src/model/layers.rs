@@ -92,6 +92,16 @@ impl Activation {
         })
     }
 
+    /// The activation's code in our GPU kernels (`xtr_act` in src/mlx/gpu/kernels.cc).
+    pub fn code(self) -> i32 {
+        match self {
+            Activation::Relu => 0,
+            Activation::Gelu => 1,
+            Activation::GeluTanh => 2,
+            Activation::Silu => 3,
+        }
+    }
+
     /// Applies the activation elementwise.
     pub fn apply(self, x: &Array) -> Result<Array> {
         Ok(match self {
@@ -183,14 +193,48 @@ impl Ctx {
 }
 
 impl Ctx {
+    /// Whether a dropout of `rate` on `x` runs as one of our fused GPU kernels.
+    fn fused_gpu_dropout(&self, x: &Array, rate: f32) -> bool {
+        self.train && rate > 0.0 && rate < 1.0 && kernels::gpu_applies(x)
+    }
+
+    /// `h + dropout(x, rate)`: a residual connection (one GPU kernel when
+    /// training there).
+    pub fn add_dropout(&self, h: &Array, x: &Array, rate: f32) -> Result<Array> {
+        if self.fused_gpu_dropout(x, rate) && h.shape() == x.shape() && h.dtype() == x.dtype() {
+            let key = self.next_key()?;
+            return Ok(kernels::gpu_add_dropout(h, x, &key, rate)?);
+        }
+        Ok(h.add(self.dropout(x, rate)?)?)
+    }
+
+    /// `dropout(act(a) * gate, rate)` (no gate: `dropout(act(a))`): a
+    /// feed-forward's activation (one GPU kernel when training there).
+    pub fn activation_dropout(
+        &self,
+        act: Activation,
+        a: &Array,
+        gate: Option<&Array>,
+        rate: f32,
+    ) -> Result<Array> {
+        let gate_fits = gate.is_none_or(|g| g.shape() == a.shape() && g.dtype() == a.dtype());
+        if self.fused_gpu_dropout(a, rate) && gate_fits {
+            let key = self.next_key()?;
+            return Ok(kernels::gpu_act_dropout(a, gate, act.code(), &key, rate)?);
+        }
+        let mut hidden = act.apply(a)?;
+        if let Some(g) = gate {
+            hidden = hidden.multiply(g)?;
+        }
+        self.dropout(&hidden, rate)
+    }
+
     /// Attention probabilities: softmax over the last axis of `scores`, then
     /// dropout `rate` when training. On the GPU one fused kernel does both
     /// (and draws the mask [`Ctx::dropout`] would), on the CPU our softmax
     /// kernel runs for f32.
     pub fn attention_probs(&self, scores: &Array, rate: f32) -> Result<Array> {
-        let training = self.train && rate > 0.0 && rate < 1.0;
-        if training
-            && kernels::gpu_applies(scores)
+        if self.fused_gpu_dropout(scores, rate)
             && scores
                 .dim(-1)
                 .is_some_and(|n| n <= kernels::GPU_SOFTMAX_MAX_ROW)

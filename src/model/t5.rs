@@ -187,10 +187,10 @@ impl T5Encoder {
         for block in &self.blocks {
             let x = rms_norm(&h, &block.attn_norm, eps)?;
             let a = self.self_attention(ctx, block, &x, &bias)?;
-            h = h.add(ctx.dropout(&a, self.dropout)?)?;
+            h = ctx.add_dropout(&h, &a, self.dropout)?;
             let x = rms_norm(&h, &block.ffn_norm, eps)?;
             let f = self.feed_forward(ctx, &block.ffn, &x)?;
-            h = h.add(ctx.dropout(&f, self.dropout)?)?;
+            h = ctx.add_dropout(&h, &f, self.dropout)?;
         }
         let h = rms_norm(&h, &self.final_norm, eps)?;
         ctx.dropout(&h, self.dropout)
@@ -207,11 +207,16 @@ impl T5Encoder {
     }
 
     fn feed_forward(&self, ctx: &Ctx, f: &T5Ffn, x: &Array) -> Result<Array> {
-        let mut hidden = self.activation.apply(&f.wi.forward(ctx, x)?)?;
-        if let Some(gate) = &f.wi_gate {
-            hidden = hidden.multiply(gate.forward(ctx, x)?)?;
-        }
-        let hidden = ctx.dropout(&hidden, self.dropout)?;
+        let gate = match &f.wi_gate {
+            Some(g) => Some(g.forward(ctx, x)?),
+            None => None,
+        };
+        let hidden = ctx.activation_dropout(
+            self.activation,
+            &f.wi.forward(ctx, x)?,
+            gate.as_ref(),
+            self.dropout,
+        )?;
         f.wo.forward(ctx, &hidden)
     }
 

@@ -55,6 +55,39 @@ __device__ __forceinline__ float xtr_warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+// The activations of src/model/layers.rs (ACT: 0 relu, 1 erf GELU, 2 tanh
+// GELU, 3 SiLU), in f32, with their derivative in *du.
+template <int ACT>
+__device__ __forceinline__ float xtr_act(float x, float *du) {
+  if (ACT == 0) {
+    *du = x > 0.0f ? 1.0f : 0.0f;
+    return fmaxf(x, 0.0f);
+  } else if (ACT == 1) {
+    const float cdf = 0.5f * (1.0f + erff(x * 0.70710678118654752f));
+    *du = cdf + x * 0.39894228040143268f * expf(-0.5f * x * x);
+    return x * cdf;
+  } else if (ACT == 2) {
+    const float k = 0.79788456080286536f, c = 0.044715f;
+    const float t = tanhf(k * (x + c * x * x * x));
+    *du = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * c * x * x);
+    return 0.5f * x * (1.0f + t);
+  } else {
+    const float sg = 1.0f / (1.0f + expf(-x));
+    *du = sg * (1.0f + x * (1.0f - sg));
+    return x * sg;
+  }
+}
+// The element count of an array from its shape.
+template <typename S>
+__device__ __forceinline__ unsigned long long xtr_size(const S &shape, int ndim) {
+  unsigned long long n = 1;
+  for (int d = 0; d < ndim; ++d) n *= static_cast<unsigned long long>(shape[d]);
+  return n;
+}
+#define XTR_GRID_STRIDE(i, n)                                                          \
+  for (unsigned long long i = static_cast<unsigned long long>(blockIdx.x) * blockDim.x + \
+                              threadIdx.x;                                             \
+       i < (n); i += static_cast<unsigned long long>(gridDim.x) * blockDim.x)
 // What a warp-per-row kernel over an array of shape `shape` needs: its row,
 // the row length, its lane, and the dropout constants.
 struct XtrRow {
@@ -68,8 +101,7 @@ template <typename S>
 __device__ __forceinline__ XtrRow xtr_row(const S &shape, int ndim, const unsigned int *key,
                                           int threshold_bits, int scale_bits) {
   XtrRow r;
-  unsigned long long n = 1;
-  for (int d = 0; d < ndim; ++d) n *= static_cast<unsigned long long>(shape[d]);
+  const unsigned long long n = xtr_size(shape, ndim);
   r.L = shape[ndim - 1];
   r.row = (static_cast<unsigned long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   r.lane = threadIdx.x % 32;
@@ -199,6 +231,60 @@ const char *const kSoftmaxDropoutVjp = R"cuda(
   }
 )cuda";
 
+// dropout(act(a) * g) (g only when GATED): the T5 feed-forward's activation,
+// gate and dropout in one pass. Inputs a, g (T; g unread unless GATED), key;
+// output y (T).
+const char *const kActDropout = R"cuda(
+  const unsigned long long n = xtr_size(a_shape, a_ndim);
+  const unsigned int lo = key[1], hi = key[0];
+  const unsigned int threshold = static_cast<unsigned int>(THRESHOLD_BITS);
+  const float scale = __int_as_float(SCALE_BITS);
+  XTR_GRID_STRIDE(i, n) {
+    float du;
+    float u = xtr_act<ACT>(static_cast<float>(a[i]), &du);
+    if (GATED) u *= static_cast<float>(g[i]);
+    const bool keep = xtr_dropout_hash(lo, hi, i) >= threshold;
+    y[i] = static_cast<T>(keep ? u * scale : 0.0f);
+  }
+)cuda";
+
+// Its gradient: with m the mask times the scale, da = dy m g act'(a) and (when
+// GATED) dg = dy m act(a). Inputs a, g, dy (T), key; outputs da, dg (T; dg is
+// a one-element placeholder unless GATED).
+const char *const kActDropoutVjp = R"cuda(
+  const unsigned long long n = xtr_size(a_shape, a_ndim);
+  const unsigned int lo = key[1], hi = key[0];
+  const unsigned int threshold = static_cast<unsigned int>(THRESHOLD_BITS);
+  const float scale = __int_as_float(SCALE_BITS);
+  XTR_GRID_STRIDE(i, n) {
+    const bool keep = xtr_dropout_hash(lo, hi, i) >= threshold;
+    const float d = keep ? static_cast<float>(dy[i]) * scale : 0.0f;
+    float du;
+    const float u = xtr_act<ACT>(static_cast<float>(a[i]), &du);
+    if (GATED) {
+      const float gate = static_cast<float>(g[i]);
+      da[i] = static_cast<T>(d * gate * du);
+      dg[i] = static_cast<T>(d * u);
+    } else {
+      da[i] = static_cast<T>(d * du);
+    }
+  }
+)cuda";
+
+// h + dropout(x): a residual connection and its dropout in one pass. Inputs h,
+// x (T), key; output y (T).
+const char *const kAddDropout = R"cuda(
+  const unsigned long long n = xtr_size(x_shape, x_ndim);
+  const unsigned int lo = key[1], hi = key[0];
+  const unsigned int threshold = static_cast<unsigned int>(THRESHOLD_BITS);
+  const float scale = __int_as_float(SCALE_BITS);
+  XTR_GRID_STRIDE(i, n) {
+    const bool keep = xtr_dropout_hash(lo, hi, i) >= threshold;
+    const float v = keep ? static_cast<float>(x[i]) * scale : 0.0f;
+    y[i] = static_cast<T>(static_cast<float>(h[i]) + v);
+  }
+)cuda";
+
 constexpr int kBlock = 256;
 // 2^20 threads: enough to fill an H100 (132 SMs x 2048) several times over.
 constexpr size_t kMaxThreads = size_t(1) << 20;
@@ -306,6 +392,82 @@ array softmax_dropout(const array &s, const array &key, float rate) {
   return f({s, key})[0];
 }
 
+// An element-wise launch over n elements: one element a thread, at most
+// kMaxThreads threads (grid-stride beyond).
+std::tuple<int, int, int> elementwise_grid(size_t n) {
+  size_t threads = std::min(kMaxThreads, (n + kBlock - 1) / kBlock * kBlock);
+  return {static_cast<int>(std::max<size_t>(threads, kBlock)), 1, 1};
+}
+
+std::vector<std::pair<std::string, mx::fast::TemplateArg>>
+mask_args(Mask m, std::vector<std::pair<std::string, mx::fast::TemplateArg>> more) {
+  more.push_back({"THRESHOLD_BITS", m.threshold_bits});
+  more.push_back({"SCALE_BITS", m.scale_bits});
+  return more;
+}
+
+array act_dropout(const array &a, const array *gate, int act, const array &key, float rate) {
+  check_rate_and_key(rate, key);
+  if (act < 0 || act > 3) throw std::invalid_argument("unknown activation code " + std::to_string(act));
+  if (!mx::issubdtype(a.dtype(), mx::floating) || a.ndim() == 0)
+    throw std::invalid_argument("GPU activation-dropout takes a floating-point array of rank >= 1");
+  if (gate && (gate->shape() != a.shape() || gate->dtype() != a.dtype()))
+    throw std::invalid_argument("GPU activation-dropout: the gate must match the input's shape and dtype");
+  if (a.size() == 0) return a;
+  static const mx::fast::CustomKernelFunction fwd = mx::fast::cuda_kernel(
+      "xtr_act_dropout", {"a", "g", "key"}, {"y"}, kActDropout, kHeader);
+  static const mx::fast::CustomKernelFunction bwd = mx::fast::cuda_kernel(
+      "xtr_act_dropout_vjp", {"a", "g", "dy", "key"}, {"da", "dg"}, kActDropoutVjp, kHeader);
+  const bool gated = gate != nullptr;
+  auto args = [=](const array &x) {
+    return mask_args(mask_constants(rate),
+                     {{"T", x.dtype()}, {"ACT", act}, {"GATED", gated}});
+  };
+  auto f = mx::custom_vjp(
+      [=](const std::vector<array> &in) {
+        const array &x = in[0];
+        return fwd({x, in[1], in[2]}, {x.shape()}, {x.dtype()}, elementwise_grid(x.size()),
+                   {kBlock, 1, 1}, args(x), std::nullopt, false, {});
+      },
+      [=](const std::vector<array> &primals, const std::vector<array> &cotangents,
+          const std::vector<array> &) {
+        const array &x = primals[0];
+        mx::Shape dg_shape = gated ? x.shape() : mx::Shape{1};
+        auto grads = bwd({x, primals[1], mx::astype(cotangents[0], x.dtype()), primals[2]},
+                         {x.shape(), dg_shape}, {x.dtype(), x.dtype()},
+                         elementwise_grid(x.size()), {kBlock, 1, 1}, args(x), std::nullopt,
+                         false, {});
+        return std::vector<array>{grads[0], gated ? grads[1] : mx::zeros_like(primals[1]),
+                                  mx::zeros_like(primals[2])};
+      });
+  return f({a, gated ? *gate : a, key})[0];
+}
+
+array add_dropout(const array &h, const array &x, const array &key, float rate) {
+  check_rate_and_key(rate, key);
+  if (!mx::issubdtype(x.dtype(), mx::floating) || x.ndim() == 0)
+    throw std::invalid_argument("GPU add-dropout takes a floating-point array of rank >= 1");
+  if (h.shape() != x.shape() || h.dtype() != x.dtype())
+    throw std::invalid_argument("GPU add-dropout: the residual must match x's shape and dtype");
+  if (x.size() == 0) return h;
+  static const mx::fast::CustomKernelFunction fwd =
+      mx::fast::cuda_kernel("xtr_add_dropout", {"h", "x", "key"}, {"y"}, kAddDropout, kHeader);
+  auto f = mx::custom_vjp(
+      [rate](const std::vector<array> &in) {
+        const array &x = in[1];
+        return fwd({in[0], x, in[2]}, {x.shape()}, {x.dtype()}, elementwise_grid(x.size()),
+                   {kBlock, 1, 1}, mask_args(mask_constants(rate), {{"T", x.dtype()}}),
+                   std::nullopt, false, {});
+      },
+      [rate](const std::vector<array> &primals, const std::vector<array> &cotangents,
+             const std::vector<array> &) {
+        const array &dy = cotangents[0];
+        return std::vector<array>{dy, dropout_forward(dy, primals[2], rate),
+                                  mx::zeros_like(primals[2])};
+      });
+  return f({h, x, key})[0];
+}
+
 array dropout(const array &x, const array &key, float rate) {
   check_rate_and_key(rate, key);
   if (!mx::issubdtype(x.dtype(), mx::floating))
@@ -331,6 +493,13 @@ ArrayPtr xtr_gpu_dropout(const array &x, const array &key, float rate) {
 }
 ArrayPtr xtr_gpu_softmax_dropout(const array &s, const array &key, float rate) {
   return std::make_unique<array>(gpu::softmax_dropout(s, key, rate));
+}
+ArrayPtr xtr_gpu_act_dropout(const array &a, const array &gate, bool gated, int32_t act,
+                             const array &key, float rate) {
+  return std::make_unique<array>(gpu::act_dropout(a, gated ? &gate : nullptr, act, key, rate));
+}
+ArrayPtr xtr_gpu_add_dropout(const array &h, const array &x, const array &key, float rate) {
+  return std::make_unique<array>(gpu::add_dropout(h, x, key, rate));
 }
 
 } // namespace xtr_mlx
