@@ -863,3 +863,45 @@ fn gpu_matches_cpu_on_minilm_in_f32_and_bf16() -> Result<()> {
     Device::set_default(&Device::cpu())?;
     result
 }
+
+/// The fused-dropout entry points of `Ctx` are, off the GPU, exactly the
+/// compositions they replace: `add_dropout` is `h + dropout(x)` and
+/// `activation_dropout` is `dropout(act(a) * gate)`, drawing the same keys in
+/// the same order; at inference both are the plain expressions.
+#[test]
+fn ctx_fused_dropouts_are_their_compositions_on_the_cpu() -> Result<()> {
+    use super::layers::{Activation, Ctx};
+    let a = random::normal::<f32>(&[2, 5, 8], None, None, &random::key(1)?)?;
+    let g = random::normal::<f32>(&[2, 5, 8], None, None, &random::key(2)?)?;
+    let exact =
+        |x: &Array, y: &Array| -> Result<bool> { Ok(x.to_vec::<f32>()? == y.to_vec::<f32>()?) };
+    for act in [
+        Activation::Relu,
+        Activation::Gelu,
+        Activation::GeluTanh,
+        Activation::Silu,
+    ] {
+        for gate in [None, Some(&g)] {
+            let (fused, plain) = (Ctx::train(random::key(9)?), Ctx::train(random::key(9)?));
+            let got = fused.activation_dropout(act, &a, gate, 0.3)?;
+            let mut want = act.apply(&a)?;
+            if let Some(g) = gate {
+                want = want.multiply(g)?;
+            }
+            assert!(
+                exact(&got, &plain.dropout(&want, 0.3)?)?,
+                "{act:?}, gated {}",
+                gate.is_some()
+            );
+            // The next key is the same on both sides too.
+            assert!(exact(
+                &fused.add_dropout(&g, &a, 0.3)?,
+                &g.add(plain.dropout(&a, 0.3)?)?
+            )?);
+            let eval = Ctx::eval();
+            assert!(exact(&eval.activation_dropout(act, &a, gate, 0.3)?, &want)?);
+            assert!(exact(&eval.add_dropout(&g, &a, 0.3)?, &g.add(&a)?)?);
+        }
+    }
+    Ok(())
+}
