@@ -15,11 +15,15 @@ pub fn split(key: &Array, num: i32) -> Result<Array> {
     Array::wrap(sys::random_split(key.raw(), num))
 }
 
-/// Splits a key into two.
+/// Splits a key into two. The halves are views of the split's rows (no
+/// gather): a training step splits a key for every dropout mask, and on a GPU
+/// each gather was a kernel launch of its own.
 pub fn split2(key: &Array) -> Result<(Array, Array)> {
     let keys = split(key, 2)?;
-    let idx = |i: i32| -> Result<Array> { super::ops::take_axis(&keys, Array::from_int(i), 0) };
-    Ok((idx(0)?, idx(1)?))
+    let row = |i: i32| -> Result<Array> {
+        super::ops::slice(&keys, &[i, 0], &[i + 1, 2], &[1, 1])?.reshape(&[2])
+    };
+    Ok((row(0)?, row(1)?))
 }
 
 /// Normal samples of `shape` with mean `loc` and standard deviation `scale`

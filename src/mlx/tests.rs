@@ -335,6 +335,10 @@ fn random_is_keyed() -> Result<()> {
     let mean = vals(&ops::mean(&a, false)?)[0];
     assert!(mean.abs() < 0.15, "mean {mean}");
     let (k1, k2) = random::split2(&k)?;
+    // The halves are the split's rows, in order.
+    let both = random::split(&k, 2)?.to_vec::<u32>()?;
+    assert_eq!(k1.shape(), [2]);
+    assert_eq!([k1.to_vec::<u32>()?, k2.to_vec::<u32>()?].concat(), both);
     assert_ne!(
         vals(&random::normal::<f32>(&[8], None, None, &k1)?),
         vals(&random::normal::<f32>(&[8], None, None, &k2)?)
