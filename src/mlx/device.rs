@@ -110,6 +110,30 @@ pub fn gpu_is_available() -> Result<bool> {
     Ok(sys::gpu_is_available()?)
 }
 
+/// Makes the CPU MLX's default device again when it drops, passed or not.
+#[cfg(test)]
+pub(crate) struct CpuAgain;
+
+#[cfg(test)]
+impl Drop for CpuAgain {
+    fn drop(&mut self) {
+        // Best effort: a failure here leaves the device to the next test, which sets its own.
+        let _ = Device::set_default(&Device::cpu());
+    }
+}
+
+/// The start of a test that needs a GPU: without one it says so on stderr
+/// and gives `None` (the test passes, having compared nothing); with one, a
+/// guard that restores the CPU as the default device when the test ends.
+#[cfg(test)]
+pub(crate) fn gpu_test(name: &str) -> Result<Option<CpuAgain>> {
+    if !gpu_is_available()? {
+        eprintln!("{name}: no GPU in this MLX build; nothing to compare");
+        return Ok(None);
+    }
+    Ok(Some(CpuAgain))
+}
+
 /// Waits until all queued work on the default stream has finished.
 pub fn synchronize() -> Result<()> {
     Ok(sys::synchronize()?)

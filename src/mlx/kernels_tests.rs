@@ -431,16 +431,6 @@ fn per_head_products_match_mlx_attention_and_its_gradients() -> Result<()> {
     Ok(())
 }
 
-/// Restores the CPU as MLX's default device when a GPU test ends, passed or not.
-struct CpuAgain;
-
-impl Drop for CpuAgain {
-    fn drop(&mut self) {
-        // Best effort: a failure here leaves the device to the next test, which checks it.
-        let _ = crate::mlx::Device::set_default(&crate::mlx::Device::cpu());
-    }
-}
-
 /// The GPU dropout kernel against the CPU kernel: the same key drops the same
 /// elements (f32 bit for bit, bf16 as the f32 result rounded), past the
 /// kernel's grid-stride step (2^20 threads), with a tail that fills no vector,
@@ -450,14 +440,10 @@ impl Drop for CpuAgain {
 /// in `scripts/gpu-check.sh` (`--test-threads 1`).
 #[test]
 fn gpu_dropout_draws_the_cpu_kernels_mask() -> Result<()> {
-    use crate::mlx::{gpu_is_available, Device, Dtype};
-    if !gpu_is_available()? {
-        eprintln!(
-            "gpu_dropout_draws_the_cpu_kernels_mask: no GPU in this MLX build; nothing to compare"
-        );
+    use crate::mlx::{Device, Dtype};
+    let Some(_cpu_again) = crate::mlx::gpu_test("gpu_dropout_draws_the_cpu_kernels_mask")? else {
         return Ok(());
-    }
-    let _cpu_again = CpuAgain;
+    };
     let (rows, cols) = (7, 449_395); // 3.1 M elements: three grid-stride rounds
     let xs: Vec<f32> = (0..rows * cols)
         .map(|i| (i as f32 * 0.013).sin() * 4.0)
@@ -563,12 +549,12 @@ fn weighted(
 /// under `compile`. Skipped, saying so, without a GPU.
 #[test]
 fn gpu_softmax_dropout_matches_softmax_then_dropout() -> Result<()> {
-    use crate::mlx::{gpu_is_available, Device, Dtype};
-    if !gpu_is_available()? {
-        eprintln!("gpu_softmax_dropout_matches_softmax_then_dropout: no GPU in this MLX build; nothing to compare");
+    use crate::mlx::{Device, Dtype};
+    let Some(_cpu_again) =
+        crate::mlx::gpu_test("gpu_softmax_dropout_matches_softmax_then_dropout")?
+    else {
         return Ok(());
-    }
-    let _cpu_again = CpuAgain;
+    };
     Device::set_default(&Device::gpu())?;
     let key = random::key(7)?;
     for (shape, dtype, tol) in [
@@ -641,13 +627,12 @@ fn gpu_softmax_dropout_refuses_what_it_cannot_do() -> Result<()> {
 /// same gradients. Skipped, saying so, without a GPU.
 #[test]
 fn gpu_fused_dropouts_match_their_compositions() -> Result<()> {
-    use crate::mlx::{gpu_is_available, value_and_grad_argnums, Device};
+    use crate::mlx::{value_and_grad_argnums, Device};
     use crate::model::layers::Activation;
-    if !gpu_is_available()? {
-        eprintln!("gpu_fused_dropouts_match_their_compositions: no GPU in this MLX build; nothing to compare");
+    let Some(_cpu_again) = crate::mlx::gpu_test("gpu_fused_dropouts_match_their_compositions")?
+    else {
         return Ok(());
-    }
-    let _cpu_again = CpuAgain;
+    };
     Device::set_default(&Device::gpu())?;
     let shape = [3, 50, 97]; // 14,550 elements: several blocks and a ragged end
     let a = random::normal::<f32>(&shape, None, None, &random::key(1)?)?.multiply(scalar(2.0))?;

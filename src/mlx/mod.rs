@@ -23,6 +23,8 @@ pub mod random;
 pub mod transforms;
 
 pub use array::{Array, ArrayElement};
+#[cfg(test)]
+pub(crate) use device::gpu_test;
 pub use device::{gpu_is_available, synchronize, Device, DeviceInfo, DeviceType};
 pub use dtype::Dtype;
 pub use error::{Exception, Result};

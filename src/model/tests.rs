@@ -713,11 +713,10 @@ fn training_dropout_changes_output_and_eval_does_not() -> Result<()> {
 /// TF32, which moves the tiny T5 by ~6e-3 (measured on an H100).
 #[test]
 fn gpu_matches_cpu_on_the_fixtures() -> Result<()> {
-    use crate::mlx::{gpu_is_available, Device};
-    if !gpu_is_available()? {
-        eprintln!("gpu_matches_cpu_on_the_fixtures: no GPU in this MLX build; nothing to compare");
+    use crate::mlx::Device;
+    let Some(_cpu_again) = crate::mlx::gpu_test("gpu_matches_cpu_on_the_fixtures")? else {
         return Ok(());
-    }
+    };
     for name in ["tiny_t5_relu", "tiny_t5_gated", "tiny_bert"] {
         let g = golden(name)?;
         let (ids, mask) = (tensor(&g, "input_ids")?, tensor(&g, "attention_mask")?);
@@ -828,40 +827,37 @@ fn bf16_stays_within_tolerance_of_f32() -> Result<()> {
 /// (scripts/gpu-check.sh does).
 #[test]
 fn gpu_matches_cpu_on_minilm_in_f32_and_bf16() -> Result<()> {
-    use crate::mlx::{gpu_is_available, Device};
-    if !gpu_is_available()? {
-        eprintln!("gpu_matches_cpu_on_minilm_in_f32_and_bf16: no GPU in this MLX build; nothing to compare");
+    use crate::mlx::Device;
+    let Some(_cpu_again) = crate::mlx::gpu_test("gpu_matches_cpu_on_minilm_in_f32_and_bf16")?
+    else {
         return Ok(());
+    };
+    for (name, dir) in &bf16_cases()? {
+        let g = golden(name)?;
+        let (ids, mask) = (tensor(&g, "input_ids")?, tensor(&g, "attention_mask")?);
+        Device::set_default(&Device::cpu())?;
+        let enc = dir.load_encoder(&LoadOptions::default())?;
+        let cpu = enc.forward(ids, mask)?;
+        cpu.eval()?;
+        Device::set_default(&Device::gpu())?;
+        let gpu = enc.forward(ids, mask)?;
+        gpu.eval()?;
+        let half = dir.load_encoder(&bf16_options())?.forward(ids, mask)?;
+        let half = half.as_dtype(crate::mlx::Dtype::Float32)?;
+        half.eval()?;
+        Device::set_default(&Device::cpu())?;
+        let d = max_abs_diff(&gpu, &cpu, Some(mask))?;
+        let cos = min_token_cosine(&half, &cpu, mask)?;
+        eprintln!(
+            "{name}: gpu f32 vs cpu {d:.2e} max abs; gpu bf16 vs cpu f32 min token cosine {cos:.6}"
+        );
+        assert!(d < 1e-3, "{name}: GPU f32 and CPU differ by {d}");
+        assert!(
+            cos >= bf16_min_cosine(name),
+            "{name}: bf16 token cosine {cos}"
+        );
     }
-    let cases = bf16_cases()?;
-    let result = (|| -> Result<()> {
-        for (name, dir) in &cases {
-            let g = golden(name)?;
-            let (ids, mask) = (tensor(&g, "input_ids")?, tensor(&g, "attention_mask")?);
-            Device::set_default(&Device::cpu())?;
-            let enc = dir.load_encoder(&LoadOptions::default())?;
-            let cpu = enc.forward(ids, mask)?;
-            cpu.eval()?;
-            Device::set_default(&Device::gpu())?;
-            let gpu = enc.forward(ids, mask)?;
-            gpu.eval()?;
-            let half = dir.load_encoder(&bf16_options())?.forward(ids, mask)?;
-            let half = half.as_dtype(crate::mlx::Dtype::Float32)?;
-            half.eval()?;
-            Device::set_default(&Device::cpu())?;
-            let d = max_abs_diff(&gpu, &cpu, Some(mask))?;
-            let cos = min_token_cosine(&half, &cpu, mask)?;
-            eprintln!("{name}: gpu f32 vs cpu {d:.2e} max abs; gpu bf16 vs cpu f32 min token cosine {cos:.6}");
-            assert!(d < 1e-3, "{name}: GPU f32 and CPU differ by {d}");
-            assert!(
-                cos >= bf16_min_cosine(name),
-                "{name}: bf16 token cosine {cos}"
-            );
-        }
-        Ok(())
-    })();
-    Device::set_default(&Device::cpu())?;
-    result
+    Ok(())
 }
 
 /// The fused-dropout entry points of `Ctx` are, off the GPU, exactly the
