@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::exec::{self, Action, PlanError, RunOptions, Status, Workspace};
 use crate::pipeline::{ConfigError, Override, Pipeline};
+use crate::stages::compute::DeviceParam;
 use crate::store::Store;
 
 /// Exit status for configuration and usage errors (nothing ran).
@@ -102,19 +103,10 @@ struct EncodeBenchArgs {
     steps: usize,
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
+    #[arg(long, value_enum, default_value_t = DeviceParam::Cpu)]
+    device: DeviceParam,
     #[command(flatten)]
     json: JsonFlag,
-}
-
-/// Where MLX computes.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum DeviceArg {
-    Cpu,
-    Gpu,
-    /// The GPU when MLX has one, else the CPU.
-    Auto,
 }
 
 #[derive(Args)]
@@ -125,8 +117,8 @@ struct EmbedArgs {
     /// Truncate each text to this many tokens (special tokens included).
     #[arg(long, default_value_t = 512)]
     max_len: usize,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
+    #[arg(long, value_enum, default_value_t = DeviceParam::Cpu)]
+    device: DeviceParam,
     /// The texts to embed.
     #[arg(required = true)]
     texts: Vec<String>,
@@ -153,8 +145,8 @@ struct TrainStepArgs {
     /// Untimed steps first.
     #[arg(long, default_value_t = 2)]
     warmup: usize,
-    #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
-    device: DeviceArg,
+    #[arg(long, value_enum, default_value_t = DeviceParam::Cpu)]
+    device: DeviceParam,
     /// Compute dtype: f32, or bf16 (frozen weights bf16; LoRA, optimizer state and loss f32).
     #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
     dtype: String,
@@ -625,20 +617,14 @@ fn cmd_kinds(args: JsonFlag) -> Result<ExitCode, Failure> {
 }
 
 /// Make `device` MLX's default; `gpu` without one is an error naming the fix.
-fn select_device(device: DeviceArg) -> Result<()> {
-    use crate::mlx::{gpu_is_available, Device};
-    let gpu = gpu_is_available()?;
-    let chosen = match device {
-        DeviceArg::Cpu => Device::cpu(),
-        DeviceArg::Gpu if !gpu => anyhow::bail!(
+fn select_device(device: DeviceParam) -> Result<()> {
+    let Some(chosen) = device.resolve(crate::mlx::gpu_is_available()?) else {
+        anyhow::bail!(
             "--device gpu: this MLX build has no GPU (the mlx-cpu wheel); install mlx-cuda-13 \
              (Linux + NVIDIA) or mlx-metal (macOS) of the same version, or use --device cpu"
-        ),
-        DeviceArg::Gpu => Device::gpu(),
-        DeviceArg::Auto if gpu => Device::gpu(),
-        DeviceArg::Auto => Device::cpu(),
+        );
     };
-    Device::set_default(&chosen)?;
+    crate::mlx::Device::set_default(&chosen.device())?;
     Ok(())
 }
 

@@ -9,14 +9,28 @@ use serde::{Deserialize, Serialize};
 use crate::mlx::{gpu_is_available, Device, Dtype};
 use crate::pipeline::{ConfigError, StageSpec};
 
-/// Where a stage computes. `auto` takes the GPU when this MLX build has one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+/// Where MLX computes: a stage's `device` param, and the CLI's `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DeviceParam {
     Cpu,
     Gpu,
+    /// The GPU when MLX has one, else the CPU.
     #[default]
     Auto,
+}
+
+impl DeviceParam {
+    /// The device this means on a machine that has (or lacks) a GPU; `None`
+    /// for `gpu` without one.
+    pub fn resolve(self, has_gpu: bool) -> Option<Resolved> {
+        match self {
+            DeviceParam::Cpu => Some(Resolved::Cpu),
+            DeviceParam::Gpu | DeviceParam::Auto if has_gpu => Some(Resolved::Gpu),
+            DeviceParam::Gpu => None,
+            DeviceParam::Auto => Some(Resolved::Cpu),
+        }
+    }
 }
 
 /// The compute dtype: `bf16` keeps frozen weights and activations in bf16 and
@@ -70,10 +84,8 @@ pub fn resolve_device(
     device: DeviceParam,
     has_gpu: bool,
 ) -> Result<Resolved, ConfigError> {
-    match device {
-        DeviceParam::Cpu => Ok(Resolved::Cpu),
-        DeviceParam::Gpu if has_gpu => Ok(Resolved::Gpu),
-        DeviceParam::Gpu => Err(ConfigError::new(
+    device.resolve(has_gpu).ok_or_else(|| {
+        ConfigError::new(
             Some(spec.params.origin_at(&["device".to_string()])),
             format!(
                 "stage `{}`: device = \"gpu\", but this MLX build has no GPU (the mlx-cpu wheel)",
@@ -83,10 +95,8 @@ pub fn resolve_device(
         .with_help(
             "set device = \"cpu\" or \"auto\", or install mlx-cuda-13 (Linux + NVIDIA) or \
              mlx-metal (macOS) of the pinned version",
-        )),
-        DeviceParam::Auto if has_gpu => Ok(Resolved::Gpu),
-        DeviceParam::Auto => Ok(Resolved::Cpu),
-    }
+        )
+    })
 }
 
 /// Whether this MLX build has a GPU (false if MLX cannot say).
