@@ -4,14 +4,13 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use serde_json::json;
 
+use crate::cancel::CancelToken;
 use crate::exec::{self, Action, PlanError, RunOptions, Status, Workspace};
 use crate::pipeline::{ConfigError, Override, Pipeline};
 use crate::stages::compute::DeviceParam;
@@ -329,16 +328,16 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, Failure> {
     if opts.jobs == 0 {
         return Err(ConfigError::new(None, "-j must be at least 1").into());
     }
-    let cancel = Arc::new(AtomicBool::new(false));
+    let cancel = CancelToken::new();
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // A second signal while we are shutting down exits at once.
         signal_hook::flag::register_conditional_shutdown(
             signal,
             EXIT_INTERRUPTED as i32,
-            Arc::clone(&cancel),
+            cancel.flag(),
         )
         .context("installing signal handlers")?;
-        signal_hook::flag::register(signal, Arc::clone(&cancel))
+        signal_hook::flag::register(signal, cancel.flag())
             .context("installing signal handlers")?;
     }
     let mut ws = Workspace::open(&pipeline)?;

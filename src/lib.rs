@@ -3,12 +3,13 @@
 //! that determines it, so a run recomputes only what changed.
 //!
 //! Modules, each with one concern: [`pipeline`] (the TOML schema and DAG),
-//! [`store`] (content-addressed artifacts, history), [`exec`] (planning and
+//! [`cancel`] (cooperative cancellation), [`store`] (content-addressed artifacts, history), [`exec`] (planning and
 //! scheduling), [`stages`] (the built-in stage kinds), [`dataset`] (code-search pairs from
 //! source trees), [`mlx`] (our binding over
 //! MLX's C++ API), [`model`] (T5/BERT encoders, heads, LoRA), [`train`] (loss,
 //! optimizer, the train step), [`cli`] (the commands).
 
+pub mod cancel;
 pub mod cli;
 pub mod dataset;
 pub mod exec;

@@ -13,13 +13,13 @@ pub mod writer;
 use std::collections::{BTreeMap, HashSet};
 use std::io::IsTerminal;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 pub use lang::Lang;
+use crate::cancel::CancelToken;
 use sources::{FileEntry, Filter, Root, WalkSkips};
 use stats::{Filtered, Stats};
 
@@ -176,7 +176,7 @@ pub fn build(
     params: &Params,
     roots: &[Vec<Root>],
     out_dir: &Path,
-    cancel: &AtomicBool,
+    cancel: &CancelToken,
     log: &mut dyn std::io::Write,
 ) -> Result<Stats> {
     let mut stats = Stats::default();
@@ -219,9 +219,7 @@ pub fn build(
     let outcomes: Vec<(u64, Admitted)> = jobs
         .par_iter()
         .map(|job| {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(crate::stages::Cancelled.into());
-            }
+            cancel.check()?;
             let grammar = if job.file.rel.ends_with(".tsx") {
                 tsx.as_ref()
             } else {

@@ -7,13 +7,13 @@ pub mod explain;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::cancel::CancelToken;
 use crate::pipeline::{ConfigError, Pipeline};
 use crate::stages::{self, Cancelled, Kind, Stage, StageContext};
 use crate::store::{self, ArtifactKey, ArtifactState, Db, Hasher, Manifest, Recipe, Store};
@@ -328,7 +328,7 @@ pub fn execute(
     ws: &mut Workspace,
     mut plan: Plan,
     opts: &RunOptions,
-    cancel: &AtomicBool,
+    cancel: &CancelToken,
 ) -> Result<RunReport> {
     let started = Instant::now();
     let _store_lock = ws.store.lock_shared()?;
@@ -384,7 +384,7 @@ pub fn execute(
                     Action::Skip => {
                         Some(finish(ws, p, Status::Skipped, 0.0, p.reason.clone(), None))
                     }
-                    Action::Run if cancel.load(Ordering::SeqCst) => Some(finish(
+                    Action::Run if cancel.is_cancelled() => Some(finish(
                         ws,
                         p,
                         Status::Skipped,
@@ -410,7 +410,7 @@ pub fn execute(
             ws.db.commit()?;
             // Launch what is ready.
             for &i in &plan.order {
-                if running >= jobs || cancel.load(Ordering::SeqCst) {
+                if running >= jobs || cancel.is_cancelled() {
                     break;
                 }
                 let ready = !launched[i]
@@ -527,7 +527,7 @@ pub fn execute(
         })
         .collect();
     plan.stages.clear();
-    let status = if cancel.load(Ordering::SeqCst) {
+    let status = if cancel.is_cancelled() {
         "interrupted"
     } else if stages.iter().any(|s| s.status == Status::Failed) {
         "failed"
@@ -600,7 +600,7 @@ fn run_one(
     p: &PlannedStage,
     inputs: BTreeMap<String, PathBuf>,
     dir: &std::path::Path,
-    cancel: &AtomicBool,
+    cancel: &CancelToken,
     log_name: &str,
     progress: bool,
 ) -> Finished {
@@ -617,7 +617,7 @@ fn run_one(
         Ok(l) => l,
         Err(e) => {
             return Finished::Failed(
-                if cancel.load(Ordering::SeqCst) {
+                if cancel.is_cancelled() {
                     Cancelled.into()
                 } else {
                     e
@@ -649,7 +649,7 @@ fn run_one(
             cancel,
         };
         p.stage.run(&ctx)?;
-        if cancel.load(Ordering::SeqCst) {
+        if cancel.is_cancelled() {
             return Err(Cancelled.into());
         }
         Ok(Manifest {

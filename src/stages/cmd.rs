@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -114,7 +113,7 @@ impl Stage for CmdStage {
                 }
                 return Ok(());
             }
-            if ctx.cancel.load(Ordering::SeqCst) {
+            if ctx.cancel.is_cancelled() {
                 match killed_at {
                     None => {
                         // SAFETY: kill(2) on our child's process group; no memory involved.

@@ -9,10 +9,10 @@ pub mod profile;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 
 use serde::de::DeserializeOwned;
 
+use crate::cancel::CancelToken;
 use crate::pipeline::source::suggest;
 use crate::pipeline::{ConfigError, Node, StageSpec};
 
@@ -28,7 +28,7 @@ pub struct StageContext<'a> {
     /// The stage's log; what it writes here is kept with the artifact.
     pub log: File,
     /// Set on Ctrl-C / SIGTERM: stop promptly and return [`Cancelled`].
-    pub cancel: &'a AtomicBool,
+    pub cancel: &'a CancelToken,
 }
 
 /// A configured stage: params decoded and validated.
@@ -52,10 +52,7 @@ pub struct Kind {
 
 pub static KINDS: &[Kind] = &[cmd::KIND, dataset::KIND, profile::KIND];
 
-/// The error a stage returns when it stopped because of [`StageContext::cancel`].
-#[derive(Debug, thiserror::Error)]
-#[error("interrupted")]
-pub struct Cancelled;
+pub use crate::cancel::Cancelled;
 
 /// Find the stage's kind and decode its params.
 pub fn configure(spec: &StageSpec) -> Result<(&'static Kind, Box<dyn Stage>), ConfigError> {

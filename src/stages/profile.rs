@@ -6,7 +6,6 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -191,7 +190,7 @@ impl Stage for ProfileStage {
         };
         let report = {
             let _device = DeviceGuard::acquire(self.device)?;
-            run_until(&opts, &|| ctx.cancel.load(Ordering::Relaxed), &mut on_step)
+            run_until(&opts, ctx.cancel, &mut on_step)
         };
         bar.finish_and_clear();
         let report = report?;

@@ -21,7 +21,7 @@ pub mod key;
 use std::fs::{File, TryLockError};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{bail, Context, Result};
@@ -31,6 +31,7 @@ pub use db::Db;
 pub use hashing::Hasher;
 pub use key::{ArtifactKey, Recipe};
 
+use crate::cancel::CancelToken;
 use db::FileStamp;
 
 const MANIFEST: &str = "manifest.json";
@@ -194,7 +195,7 @@ impl Store {
     pub fn lock_key(
         &self,
         key: &ArtifactKey,
-        cancel: &AtomicBool,
+        cancel: &CancelToken,
         on_wait: impl FnOnce(),
     ) -> Result<KeyLock> {
         let path = self
@@ -211,7 +212,7 @@ impl Store {
                     if let Some(f) = on_wait.take() {
                         f();
                     }
-                    if cancel.load(Ordering::SeqCst) {
+                    if cancel.is_cancelled() {
                         bail!("interrupted while waiting for another run");
                     }
                     // A blocking flock would not wake for Ctrl-C; poll instead.

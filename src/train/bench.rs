@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::loss::LossConfig;
 use super::optim::AdamWConfig;
 use super::step::{Batch, PhaseTimes, StepConfig, Trainer};
+use crate::cancel::CancelToken;
 use crate::mlx::{random, Dtype};
 use crate::model::bench::{load_for_bench, random_batch};
 use crate::model::LoraConfig;
@@ -69,12 +70,12 @@ pub struct StepDone {
     pub loss: f32,
 }
 
-/// Like [`run`], checking `cancelled` before each step (when it turns true the
-/// run stops with [`crate::stages::Cancelled`]) and telling `on_step` about
+/// Like [`run`], checking `cancel` before each step (once it is cancelled the
+/// run stops with [`Cancelled`](crate::cancel::Cancelled)) and telling `on_step` about
 /// each step as it finishes.
 pub fn run_until(
     opts: &BenchOptions,
-    cancelled: &dyn Fn() -> bool,
+    cancel: &CancelToken,
     on_step: &mut dyn FnMut(StepDone),
 ) -> Result<BenchReport> {
     if opts.batch < 2 {
@@ -103,12 +104,7 @@ pub fn run_until(
         doc_mask,
     };
     let mut loss = f32::NAN;
-    let stop = || -> Result<()> {
-        if cancelled() {
-            return Err(crate::stages::Cancelled.into());
-        }
-        Ok(())
-    };
+    let stop = || -> Result<()> { Ok(cancel.check()?) };
     for index in 0..opts.warmup {
         stop()?;
         let start = Instant::now();
