@@ -56,7 +56,7 @@ pub struct BenchReport {
 
 /// Times the step as `opts` says.
 pub fn run(opts: &BenchOptions) -> Result<BenchReport> {
-    run_until(opts, &|| false, &mut |_| {})
+    run_until(opts, &CancelToken::new(), &mut |_| {})
 }
 
 /// One finished step, as [`run_until`] reports it.
