@@ -16,6 +16,7 @@ pub mod exec;
 pub mod mlx;
 pub mod model;
 pub mod pipeline;
+pub mod progress;
 pub mod stages;
 pub mod store;
 pub mod train;

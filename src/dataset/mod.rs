@@ -11,15 +11,14 @@ pub mod stats;
 pub mod writer;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::IsTerminal;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-pub use lang::Lang;
 use crate::cancel::CancelToken;
+pub use lang::Lang;
 use sources::{FileEntry, Filter, Root, WalkSkips};
 use stats::{Filtered, Stats};
 
@@ -171,7 +170,10 @@ struct Job<'a> {
     file: FileEntry,
 }
 
-/// Build the dataset into `out_dir` (`pairs.parquet`, `stats.json`).
+/// The pairs of a built dataset, in its output directory.
+pub const PAIRS_FILE: &str = "pairs.parquet";
+
+/// Build the dataset into `out_dir` ([`PAIRS_FILE`], `stats.json`).
 pub fn build(
     params: &Params,
     roots: &[Vec<Root>],
@@ -214,7 +216,7 @@ pub fn build(
         None
     };
 
-    let bar = progress_bar(jobs.len() as u64);
+    let bar = crate::progress::bar("dataset", jobs.len() as u64, "files");
     let started = std::time::Instant::now();
     let outcomes: Vec<(u64, Admitted)> = jobs
         .par_iter()
@@ -320,7 +322,7 @@ pub fn build(
     });
     stats.record_pairs(&pairs);
     let written_at = std::time::Instant::now();
-    writer::write_parquet(&pairs, &out_dir.join("pairs.parquet"))?;
+    writer::write_parquet(&pairs, &out_dir.join(PAIRS_FILE))?;
     writeln!(
         log,
         "timings: read+parse+filter {:.1}s, dedupe+split {:.1}s, parquet {:.1}s",
@@ -338,19 +340,6 @@ pub fn build(
         stats.bytes
     )?;
     Ok(stats)
-}
-
-fn progress_bar(len: u64) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(
-        "  dataset  [{bar:30}] {pos}/{len} files {per_sec} eta {eta}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar
 }
 
 /// Files named or placed like tests (`tests/`, `test_x.py`, `FooTest.java`, ...).

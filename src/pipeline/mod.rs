@@ -9,20 +9,38 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use dag::Dag;
-use source::{parse_file, suggest};
+use source::parse_file;
 pub use source::{ConfigError, Node, NodeValue, Origin};
+
+/// The artifact store of a pipeline that names none, relative to its file.
+pub const DEFAULT_STORE: &str = "artifacts";
 
 /// Keys every stage table may hold besides its kind's params.
 pub const STAGE_KEYS: &[&str] = &["kind", "uses", "needs", "description"];
 const TOP_KEYS: &[&str] = &["pipeline", "stage"];
 const PIPELINE_KEYS: &[&str] = &["name", "store", "reports", "description"];
 
-/// Built-in templates, so `uses = "<kind>"` works without a `stages/` directory.
-const BUILTIN_TEMPLATES: &[(&str, &str)] = &[
-    ("cmd", include_str!("../../stages/cmd.toml")),
-    ("dataset", include_str!("../../stages/dataset.toml")),
-    ("profile", include_str!("../../stages/profile.toml")),
-];
+/// Where `uses = "<name>"` finds a template that no `stages/` directory holds: the
+/// built-in kinds' own (the runner passes `stages::BUILTIN`), so this module never
+/// lists kinds itself.
+pub trait Templates {
+    /// The template's TOML text.
+    fn get(&self, name: &str) -> Option<&'static str>;
+    /// Every name `get` knows, for "did you mean".
+    fn names(&self) -> Vec<&'static str>;
+}
+
+/// No built-in templates: only files on disk.
+pub struct NoTemplates;
+
+impl Templates for NoTemplates {
+    fn get(&self, _: &str) -> Option<&'static str> {
+        None
+    }
+    fn names(&self) -> Vec<&'static str> {
+        Vec::new()
+    }
+}
 
 /// A parsed, validated pipeline.
 #[derive(Debug)]
@@ -47,6 +65,8 @@ pub struct StageSpec {
     pub description: Option<String>,
     /// Indices of needed stages.
     pub needs: Vec<usize>,
+    /// Where each of `needs` is written (same order), for errors about an input.
+    pub need_origins: Vec<Origin>,
     /// Kind-specific params: the stage table without the common keys.
     pub params: Node,
     /// Where the stage's table starts.
@@ -96,8 +116,13 @@ impl Override {
 }
 
 impl Pipeline {
-    /// Read, merge templates, apply overrides, validate names, needs and the DAG.
-    pub fn load(path: &Path, overrides: &[Override]) -> Result<Pipeline, ConfigError> {
+    /// Read, merge templates (files, else `templates`), apply overrides, validate
+    /// names, needs and the DAG.
+    pub fn load(
+        path: &Path,
+        overrides: &[Override],
+        templates: &dyn Templates,
+    ) -> Result<Pipeline, ConfigError> {
         let path = std::path::absolute(path).map_err(|e| {
             ConfigError::new(None, format!("cannot resolve {}: {e}", path.display()))
         })?;
@@ -123,7 +148,7 @@ impl Pipeline {
         let name = required_str(header_table, "name", header)?.to_string();
         let description = optional_str(header_table, "description")?.map(str::to_string);
         let store =
-            normalize(&dir.join(optional_str(header_table, "store")?.unwrap_or("artifacts")));
+            normalize(&dir.join(optional_str(header_table, "store")?.unwrap_or(DEFAULT_STORE)));
         let reports =
             normalize(&dir.join(optional_str(header_table, "reports")?.unwrap_or("reports")));
 
@@ -139,21 +164,18 @@ impl Pipeline {
         let names: Vec<&str> = stage_tables.keys().map(String::as_str).collect();
         let mut raw_stages = Vec::with_capacity(names.len());
         for (name, node) in stage_tables {
-            raw_stages.push(RawStage::build(name, node, &dir)?);
+            raw_stages.push(RawStage::build(name, node, &dir, templates)?);
         }
         for o in overrides {
             let stage = raw_stages
                 .iter_mut()
                 .find(|s| s.name == o.stage)
                 .ok_or_else(|| {
-                    let err = ConfigError::new(
+                    ConfigError::new(
                         Some(&Origin::CommandLine(o.flag.clone())),
                         format!("no stage named `{}`", o.stage),
-                    );
-                    match suggest(&o.stage, names.iter().copied()) {
-                        Some(s) => err.with_help(format!("did you mean `{s}`?")),
-                        None => err.with_help(format!("stages: {}", names.join(", "))),
-                    }
+                    )
+                    .suggesting(&o.stage, names.iter().copied(), "stages")
                 })?;
             stage.apply(o)?;
         }
@@ -162,23 +184,22 @@ impl Pipeline {
         let mut stages = Vec::with_capacity(raw_stages.len());
         for raw in raw_stages {
             let mut needs = Vec::new();
+            let mut need_origins = Vec::new();
             for need in &raw.needs {
                 let Some(&i) = need.as_str().and_then(|n| index.get(n)) else {
                     let wanted = need.as_str().unwrap_or_default();
-                    let err = ConfigError::new(
+                    return Err(ConfigError::new(
                         Some(&need.origin),
                         format!(
                             "stage `{}` needs `{wanted}`, but no stage has that name",
                             raw.name
                         ),
-                    );
-                    return Err(match suggest(wanted, names.iter().copied()) {
-                        Some(s) => err.with_help(format!("did you mean `{s}`?")),
-                        None => err.with_help(format!("stages: {}", names.join(", "))),
-                    });
+                    )
+                    .suggesting(wanted, names.iter().copied(), "stages"));
                 };
                 if !needs.contains(&i) {
                     needs.push(i);
+                    need_origins.push(need.origin.clone());
                 }
             }
             stages.push(StageSpec {
@@ -186,6 +207,7 @@ impl Pipeline {
                 kind: raw.kind,
                 description: raw.description,
                 needs,
+                need_origins,
                 params: raw.params,
                 origin: raw.origin,
                 dir: dir.clone(),
@@ -220,14 +242,11 @@ impl Pipeline {
     /// Resolve a stage name given on the command line, with a suggestion if unknown.
     pub fn require_stage(&self, name: &str) -> Result<usize, ConfigError> {
         self.stage_index(name).ok_or_else(|| {
-            let err = ConfigError::new(
+            ConfigError::new(
                 None,
                 format!("no stage named `{name}` in {}", self.path.display()),
-            );
-            match suggest(name, self.stages.iter().map(|s| s.name.as_str())) {
-                Some(s) => err.with_help(format!("did you mean `{s}`?")),
-                None => err,
-            }
+            )
+            .suggesting(name, self.stages.iter().map(|s| s.name.as_str()), "")
         })
     }
 }
@@ -243,7 +262,12 @@ struct RawStage {
 }
 
 impl RawStage {
-    fn build(name: &str, node: &Node, dir: &Path) -> Result<RawStage, ConfigError> {
+    fn build(
+        name: &str,
+        node: &Node,
+        dir: &Path,
+        templates: &dyn Templates,
+    ) -> Result<RawStage, ConfigError> {
         if name.is_empty()
             || !name
                 .chars()
@@ -256,7 +280,7 @@ impl RawStage {
         }
         let table = expect_table(node, &format!("[stage.{name}]"))?;
         let mut params = match table.get("uses") {
-            Some(uses) => load_template(uses, dir)?,
+            Some(uses) => load_template(uses, dir, templates)?,
             None => Node::table(BTreeMap::new(), node.origin.clone()),
         };
         let own: BTreeMap<String, Node> = table
@@ -321,7 +345,7 @@ impl RawStage {
 
 /// `uses = "stages/x.toml"` (relative to the pipeline) or `uses = "<kind>"`
 /// (`stages/<kind>.toml` in the pipeline's directory or any parent, else built in).
-fn load_template(uses: &Node, dir: &Path) -> Result<Node, ConfigError> {
+fn load_template(uses: &Node, dir: &Path, templates: &dyn Templates) -> Result<Node, ConfigError> {
     let spec = uses
         .as_str()
         .ok_or_else(|| type_error(uses, "uses", "a string"))?;
@@ -343,18 +367,17 @@ fn load_template(uses: &Node, dir: &Path) -> Result<Node, ConfigError> {
                 ))
             }
         },
-        None => match BUILTIN_TEMPLATES.iter().find(|(k, _)| *k == spec) {
-            Some((kind, text)) => (
-                PathBuf::from(format!("<built-in stages/{kind}.toml>")),
+        None => match templates.get(spec) {
+            Some(text) => (
+                PathBuf::from(format!("<built-in stages/{spec}.toml>")),
                 text.to_string(),
             ),
             None => {
-                let known: Vec<&str> = BUILTIN_TEMPLATES.iter().map(|(k, _)| *k).collect();
                 return Err(ConfigError::new(
                     Some(&uses.origin),
                     format!("no template `{spec}`: no stages/{spec}.toml next to the pipeline or above it"),
                 )
-                .with_help(format!("built-in templates: {}", known.join(", "))));
+                .suggesting(spec, templates.names(), "built-in templates"));
             }
         },
     };
@@ -398,12 +421,11 @@ fn check_keys(
 ) -> Result<(), ConfigError> {
     for (key, node) in table {
         if !allowed.contains(&key.as_str()) {
-            let err =
-                ConfigError::new(Some(&node.origin), format!("unknown key `{key}` {context}"));
-            return Err(match suggest(key, allowed.iter().copied()) {
-                Some(s) => err.with_help(format!("did you mean `{s}`?")),
-                None => err.with_help(format!("expected one of: {}", allowed.join(", "))),
-            });
+            return Err(ConfigError::new(
+                Some(&node.origin),
+                format!("unknown key `{key}` {context}"),
+            )
+            .suggesting(key, allowed.iter().copied(), "expected one of"));
         }
     }
     Ok(())
@@ -504,7 +526,12 @@ mod tests {
             "p.toml",
             "[pipeline]\nname = \"x\"\n[stage.s]\nuses = \"t\"\nparams = { b = 3 }\n",
         );
-        let pipeline = Pipeline::load(&p, &[Override::parse("s.params.c=4").unwrap()]).unwrap();
+        let pipeline = Pipeline::load(
+            &p,
+            &[Override::parse("s.params.c=4").unwrap()],
+            &NoTemplates,
+        )
+        .unwrap();
         let params = pipeline.stages[0].params.to_toml();
         assert_eq!(pipeline.stages[0].kind, "cmd");
         assert_eq!(params["cmd"].as_str(), Some("echo t"));
@@ -526,7 +553,7 @@ mod tests {
         ];
         for (text, place, what) in cases {
             let p = write(dir.path(), "p.toml", text);
-            let err = Pipeline::load(&p, &[]).unwrap_err().render();
+            let err = Pipeline::load(&p, &[], &NoTemplates).unwrap_err().render();
             assert!(
                 err.contains(place) && err.contains(what),
                 "expected {place} / {what} in:\n{err}"
@@ -542,13 +569,19 @@ mod tests {
             "p.toml",
             "[pipeline]\nname = \"x\"\n[stage.train]\nkind = \"cmd\"\n",
         );
-        let err = Pipeline::load(&p, &[Override::parse("trian.lr=1").unwrap()]).unwrap_err();
+        let err = Pipeline::load(&p, &[Override::parse("trian.lr=1").unwrap()], &NoTemplates)
+            .unwrap_err();
         assert!(
             err.render().contains("did you mean `train`?"),
             "{}",
             err.render()
         );
-        let err = Pipeline::load(&p, &[Override::parse("train.kind=x").unwrap()]).unwrap_err();
+        let err = Pipeline::load(
+            &p,
+            &[Override::parse("train.kind=x").unwrap()],
+            &NoTemplates,
+        )
+        .unwrap_err();
         assert!(err.render().contains("params only"), "{}", err.render());
     }
 }

@@ -110,6 +110,22 @@ impl ConfigError {
         self
     }
 
+    /// Help for a misspelt name: "did you mean `x`?" when one of `candidates` is
+    /// close to `word`, else "`label`: every candidate" (nothing when `label` is empty).
+    pub fn suggesting<'a>(
+        self,
+        word: &str,
+        candidates: impl IntoIterator<Item = &'a str>,
+        label: &str,
+    ) -> Self {
+        let candidates: Vec<&str> = candidates.into_iter().collect();
+        match suggest(word, candidates.iter().copied()) {
+            Some(s) => self.with_help(format!("did you mean `{s}`?")),
+            None if label.is_empty() => self,
+            None => self.with_help(format!("{label}: {}", candidates.join(", "))),
+        }
+    }
+
     /// The multi-line human rendering: location, message, snippet, help.
     pub fn render(&self) -> String {
         let mut out = match &self.origin {
@@ -393,6 +409,12 @@ mod tests {
     fn suggestions_catch_typos_only() {
         assert_eq!(suggest("kidn", ["kind", "needs", "uses"]), Some("kind"));
         assert_eq!(suggest("zzzz", ["kind", "needs", "uses"]), None);
+        let near = ConfigError::new(None, "x").suggesting("kidn", ["kind", "uses"], "keys");
+        assert_eq!(near.help.as_deref(), Some("did you mean `kind`?"));
+        let far = ConfigError::new(None, "x").suggesting("zzzz", ["kind", "uses"], "keys");
+        assert_eq!(far.help.as_deref(), Some("keys: kind, uses"));
+        let bare = ConfigError::new(None, "x").suggesting("zzzz", ["kind"], "");
+        assert_eq!(bare.help, None);
     }
 
     #[test]

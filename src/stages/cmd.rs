@@ -9,13 +9,22 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{Cancelled, Kind, Stage, StageContext};
+use super::{Arity, Cancelled, Configured, Dep, InputRole, Kind, Stage, StageContext};
 use crate::pipeline::{ConfigError, StageSpec};
 
 pub const KIND: Kind = Kind {
     name: "cmd",
     version: 1,
     summary: "run a shell command; outputs go to $XTR_OUT",
+    template: include_str!("../../stages/cmd.toml"),
+    // Any stage's output, as `XTR_IN_<NAME>`.
+    inputs: &[InputRole {
+        role: "input",
+        kinds: &[],
+        arity: Arity::Many,
+    }],
+    // Whatever the command writes; nothing is promised.
+    outputs: &[],
     configure,
 };
 
@@ -36,16 +45,28 @@ struct CmdStage {
     params: CmdParams,
 }
 
-fn configure(spec: &StageSpec) -> Result<Box<dyn Stage>, ConfigError> {
+fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
     let params: CmdParams = super::decode(spec)?;
     if params.cmd.trim().is_empty() {
-        let origin = spec.params.origin_at(&["cmd".to_string()]);
-        return Err(ConfigError::new(
-            Some(origin),
-            format!("stage `{}`: `cmd` is empty", spec.name),
-        ));
+        return Err(super::param_error(spec, &["cmd"], "`cmd` is empty"));
     }
-    Ok(Box::new(CmdStage { params }))
+    let deps = params
+        .deps
+        .iter()
+        .map(|dep| Dep {
+            name: dep.clone(),
+            path: spec.dir.join(dep),
+            origin: spec.params.origin_at(&["deps".to_string()]).clone(),
+        })
+        .collect();
+    Ok(Configured::new(
+        spec,
+        &params,
+        CmdStage {
+            params: params.clone(),
+        },
+    )?
+    .with_deps(deps))
 }
 
 /// `XTR_IN_<NAME>` / `XTR_PARAM_<NAME>`: upper-cased, anything but [A-Z0-9_] -> `_`.
@@ -64,14 +85,6 @@ pub fn env_name(prefix: &str, name: &str) -> String {
 }
 
 impl Stage for CmdStage {
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(&self.params).unwrap_or_default()
-    }
-
-    fn deps(&self) -> Vec<String> {
-        self.params.deps.clone()
-    }
-
     fn run(&self, ctx: &StageContext<'_>) -> Result<()> {
         let mut command = Command::new("sh");
         command
@@ -86,8 +99,8 @@ impl Stage for CmdStage {
             .stderr(ctx.log.try_clone()?)
             // Own process group: we forward cancellation to the whole tree.
             .process_group(0);
-        for (name, dir) in &ctx.inputs {
-            command.env(env_name("XTR_IN_", name), dir);
+        for input in ctx.inputs.all() {
+            command.env(env_name("XTR_IN_", &input.stage), &input.dir);
         }
         for (name, value) in &self.params.params {
             let text = match value {

@@ -1,6 +1,7 @@
-//! What every compute stage (one that runs MLX: `profile` now; `train`, `index`
-//! and `eval` as they land) shares: the `device` and `dtype` params, and one
-//! lock so that two such stages never share MLX's global default device at once.
+//! What every compute stage (one that runs MLX) shares: the `device` and `dtype`
+//! params ([`ComputeParams`], flattened into the kind's params), resolving them
+//! against this machine ([`Compute`]: `auto` enters the key as `cpu` or `gpu`),
+//! and one lock so that two such stages never share MLX's default device at once.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -35,7 +36,7 @@ impl DeviceParam {
 
 /// The compute dtype: `bf16` keeps frozen weights and activations in bf16 and
 /// LoRA adapters, optimizer state and the loss in f32.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum DtypeParam {
     #[default]
@@ -44,6 +45,13 @@ pub enum DtypeParam {
 }
 
 impl DtypeParam {
+    pub fn name(self) -> &'static str {
+        match self {
+            DtypeParam::F32 => "f32",
+            DtypeParam::Bf16 => "bf16",
+        }
+    }
+
     pub fn dtype(self) -> Dtype {
         match self {
             DtypeParam::F32 => Dtype::Float32,
@@ -77,9 +85,49 @@ impl Resolved {
     }
 }
 
-/// Resolves `device` for stage `spec`, given whether MLX has a GPU: `gpu`
-/// without one is a located error that says what to change.
-pub fn resolve_device(
+/// The params every compute kind has: `#[serde(flatten)] compute: ComputeParams`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+pub struct ComputeParams {
+    #[serde(default)]
+    pub device: DeviceParam,
+    #[serde(default)]
+    pub dtype: DtypeParam,
+}
+
+/// A compute stage's params resolved against this machine; enters the key
+/// through [`super::Configured::with_compute`] and takes MLX with [`Compute::enter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compute {
+    pub device: Resolved,
+    pub dtype: DtypeParam,
+}
+
+impl Compute {
+    /// Resolve `params` for stage `spec` on this machine.
+    pub fn configure(spec: &StageSpec, params: &ComputeParams) -> Result<Compute, ConfigError> {
+        Compute::configure_with(spec, params, has_gpu())
+    }
+
+    /// As [`Compute::configure`], given whether MLX has a GPU: `gpu` without one
+    /// is a located error that says what to change.
+    pub fn configure_with(
+        spec: &StageSpec,
+        params: &ComputeParams,
+        has_gpu: bool,
+    ) -> Result<Compute, ConfigError> {
+        Ok(Compute {
+            device: resolve_device(spec, params.device, has_gpu)?,
+            dtype: params.dtype,
+        })
+    }
+
+    /// Take MLX for this stage, with its device as the default, until the guard drops.
+    pub fn enter(&self) -> anyhow::Result<DeviceGuard> {
+        DeviceGuard::acquire(self.device)
+    }
+}
+
+fn resolve_device(
     spec: &StageSpec,
     device: DeviceParam,
     has_gpu: bool,

@@ -6,7 +6,7 @@ use std::io::Write;
 
 use anyhow::Result;
 
-use super::{Kind, Stage, StageContext};
+use super::{param_error, Configured, Dep, Kind, Output, Stage, StageContext};
 use crate::dataset::{self, sources, Params};
 use crate::pipeline::{ConfigError, StageSpec};
 
@@ -14,6 +14,22 @@ pub const KIND: Kind = Kind {
     name: "dataset",
     version: 1,
     summary: "extract (doc comment, code) pairs from source trees into Parquet",
+    template: include_str!("../../stages/dataset.toml"),
+    inputs: &[],
+    outputs: &[
+        Output {
+            file: dataset::PAIRS_FILE,
+            what: "the pairs, one row each, with their split (see dataset::writer::COLUMNS)",
+        },
+        Output {
+            file: "stats.json",
+            what: "what was read, kept and dropped, and why",
+        },
+        Output {
+            file: "metrics.json",
+            what: "pairs, files, bytes",
+        },
+    ],
     configure,
 };
 
@@ -23,18 +39,11 @@ struct DatasetStage {
     roots: Vec<Vec<sources::Root>>,
 }
 
-fn configure(spec: &StageSpec) -> Result<Box<dyn Stage>, ConfigError> {
+fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
     let params: Params = super::decode(spec)?;
-    let at = |path: &[&str]| {
-        let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
-        spec.params.origin_at(&path).clone()
-    };
     if params.sources.is_empty() {
-        return Err(ConfigError::new(
-            Some(&at(&["sources"])),
-            format!("stage `{}`: `sources` is empty", spec.name),
-        )
-        .with_help("add one: sources = [{ lang = \"rust\", path = \"src\" }]"));
+        return Err(param_error(spec, &["sources"], "`sources` is empty")
+            .with_help("add one: sources = [{ lang = \"rust\", path = \"src\" }]"));
     }
     let s = &params.split;
     if [s.train, s.eval, s.test]
@@ -42,53 +51,44 @@ fn configure(spec: &StageSpec) -> Result<Box<dyn Stage>, ConfigError> {
         .any(|f| !f.is_finite() || *f < 0.0)
         || s.train + s.eval + s.test <= 0.0
     {
-        return Err(ConfigError::new(
-            Some(&at(&["split"])),
-            format!(
-                "stage `{}`: split fractions must be non-negative with a positive sum",
-                spec.name
-            ),
+        return Err(param_error(
+            spec,
+            &["split"],
+            "split fractions must be non-negative with a positive sum",
         ));
     }
     let mut roots = Vec::with_capacity(params.sources.len());
+    let mut deps = Vec::new();
     for (i, source) in params.sources.iter().enumerate() {
         let index = i.to_string();
-        let resolved = sources::resolve(&source.path, &spec.dir).map_err(|e| {
-            ConfigError::new(
-                Some(&at(&["sources", &index, "path"])),
-                format!("stage `{}`: {e}", spec.name),
-            )
-        })?;
+        let resolved = sources::resolve(&source.path, &spec.dir)
+            .map_err(|e| param_error(spec, &["sources", &index, "path"], e))?;
         if let Err(e) = sources::Filter::new(source.lang, &source.include, &source.exclude) {
-            return Err(ConfigError::new(
-                Some(&at(&["sources", &index])),
-                format!("stage `{}`: {e:#}", spec.name),
-            ));
+            return Err(param_error(spec, &["sources", &index], format!("{e:#}")));
+        }
+        for root in &resolved {
+            deps.push(Dep {
+                // The resolved root, absolute: adding or editing a source file reruns the stage.
+                name: root.path.to_string_lossy().into_owned(),
+                path: root.path.clone(),
+                origin: spec
+                    .params
+                    .origin_at(&["sources".to_string(), index.clone(), "path".to_string()])
+                    .clone(),
+            });
         }
         roots.push(resolved);
     }
-    Ok(Box::new(DatasetStage { params, roots }))
+    deps.sort_by(|a, b| a.name.cmp(&b.name));
+    deps.dedup_by(|a, b| a.name == b.name);
+    let stage = DatasetStage {
+        params: params.clone(),
+        roots,
+    };
+    Ok(Configured::new(spec, &params, stage)?.with_deps(deps))
 }
 
 impl Stage for DatasetStage {
-    fn params(&self) -> serde_json::Value {
-        serde_json::to_value(&self.params).unwrap_or_default()
-    }
-
-    /// Every resolved root, absolute: its files' contents enter the key, so adding or
-    /// editing a source file reruns the stage.
-    fn deps(&self) -> Vec<String> {
-        let mut deps: Vec<String> = self
-            .roots
-            .iter()
-            .flatten()
-            .map(|r| r.path.to_string_lossy().into_owned())
-            .collect();
-        deps.sort();
-        deps.dedup();
-        deps
-    }
-
     fn run(&self, ctx: &StageContext<'_>) -> Result<()> {
         let mut log = ctx.log.try_clone()?;
         let stats = dataset::build(

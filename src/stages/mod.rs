@@ -1,28 +1,32 @@
-//! Built-in stage kinds behind one small trait. A kind decodes its params from the
-//! pipeline (typed, with located errors), names what enters its key, and runs.
+//! Built-in stage kinds. A kind is one file: its params (typed, decoded with
+//! located errors), the inputs it needs and the files it produces, and `run`.
+//! Adding one: write `src/stages/NAME.rs` with a `pub const KIND: Kind`, its
+//! template `stages/NAME.toml`, and list it in [`KINDS`].
 
 pub mod cmd;
 pub mod compute;
 pub mod dataset;
+mod inputs;
 pub mod profile;
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::cancel::CancelToken;
-use crate::pipeline::source::suggest;
-use crate::pipeline::{ConfigError, Node, StageSpec};
+pub use crate::cancel::Cancelled;
+use crate::pipeline::{ConfigError, Node, NodeValue, Origin, StageSpec, Templates};
+pub use inputs::{assign_roles, Arity, Input, InputRole, Inputs, UpstreamStage};
 
 /// What a running stage gets from the runner.
 pub struct StageContext<'a> {
     pub stage: &'a str,
     /// Write outputs here; it starts empty and becomes the artifact's `out/`.
     pub out_dir: PathBuf,
-    /// Needed stage name -> its output directory (read-only by convention).
-    pub inputs: BTreeMap<String, PathBuf>,
+    /// The needed stages' artifacts, by the role each plays (read-only).
+    pub inputs: Inputs,
     /// Relative paths in params resolve against this.
     pub pipeline_dir: &'a Path,
     /// The stage's log; what it writes here is kept with the artifact.
@@ -31,53 +35,154 @@ pub struct StageContext<'a> {
     pub cancel: &'a CancelToken,
 }
 
-/// A configured stage: params decoded and validated.
+/// A configured stage: what it does once the runner has decided it must run.
 pub trait Stage: Send + Sync {
-    /// The params that enter the artifact key, with defaults filled in.
-    fn params(&self) -> serde_json::Value;
-    /// Files or directories (as written, relative to the pipeline) whose contents enter the key.
-    fn deps(&self) -> Vec<String>;
     /// Produce the outputs in `ctx.out_dir`.
     fn run(&self, ctx: &StageContext<'_>) -> anyhow::Result<()>;
 }
 
+/// A file or directory whose contents enter a stage's key.
+#[derive(Debug, Clone)]
+pub struct Dep {
+    /// How the key names it: the path as the stage resolved it (for `cmd`, as
+    /// written, relative to the pipeline file).
+    pub name: String,
+    /// Where it is on this machine.
+    pub path: PathBuf,
+    /// Where it is written, for "does not exist" errors.
+    pub origin: Origin,
+}
+
+/// A stage decoded from its table: everything that enters its key, and the stage.
+pub struct Configured {
+    /// The params as the key sees them: defaults filled in, `device` resolved.
+    pub params: serde_json::Value,
+    pub deps: Vec<Dep>,
+    pub stage: Box<dyn Stage>,
+}
+
+impl Configured {
+    /// `params` serialised for the key; a value that cannot be (a NaN, a map with
+    /// non-string keys) is an error here, never a silent `null` in the key.
+    pub fn new(
+        spec: &StageSpec,
+        params: &impl Serialize,
+        stage: impl Stage + 'static,
+    ) -> Result<Configured, ConfigError> {
+        let params = serde_json::to_value(params).map_err(|e| {
+            ConfigError::new(
+                Some(&spec.origin),
+                format!("stage `{}`: params cannot enter the key: {e}", spec.name),
+            )
+        })?;
+        if params.is_null() {
+            return Err(ConfigError::new(
+                Some(&spec.origin),
+                format!("stage `{}`: params serialise to null", spec.name),
+            ));
+        }
+        Ok(Configured {
+            params,
+            deps: Vec::new(),
+            stage: Box::new(stage),
+        })
+    }
+
+    pub fn with_deps(mut self, deps: Vec<Dep>) -> Configured {
+        self.deps = deps;
+        self
+    }
+
+    /// Enter the device a compute stage resolved to (not `auto`) into the key.
+    pub fn with_compute(mut self, compute: &compute::Compute) -> Configured {
+        self.params["device"] = compute.device.name().into();
+        self.params["dtype"] = compute.dtype.name().into();
+        self
+    }
+}
+
+/// What a kind's artifact holds: one file or directory under `out/`.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    pub file: &'static str,
+    pub what: &'static str,
+}
+
 /// A built-in kind of stage.
+#[derive(Debug)]
 pub struct Kind {
     pub name: &'static str,
     /// Bumped whenever what the kind computes changes, so old artifacts are not reused.
     pub version: u32,
     pub summary: &'static str,
-    configure: fn(&StageSpec) -> Result<Box<dyn Stage>, ConfigError>,
+    /// `stages/<name>.toml`: every param with its default, documented.
+    pub template: &'static str,
+    /// The inputs it takes, by role; a `needs` entry that fits no role is an error.
+    pub inputs: &'static [InputRole],
+    /// The files its artifact holds; consumers open them through [`Input::file`].
+    pub outputs: &'static [Output],
+    pub configure: fn(&StageSpec) -> Result<Configured, ConfigError>,
 }
 
 pub static KINDS: &[Kind] = &[cmd::KIND, dataset::KIND, profile::KIND];
 
-pub use crate::cancel::Cancelled;
+/// The built-in kinds' templates, for `uses = "<kind>"` without a `stages/` directory.
+pub struct BuiltinTemplates;
+
+pub static BUILTIN: BuiltinTemplates = BuiltinTemplates;
+
+impl Templates for BuiltinTemplates {
+    fn get(&self, name: &str) -> Option<&'static str> {
+        KINDS.iter().find(|k| k.name == name).map(|k| k.template)
+    }
+    fn names(&self) -> Vec<&'static str> {
+        KINDS.iter().map(|k| k.name).collect()
+    }
+}
+
+/// The kind called `name`.
+pub fn kind(name: &str) -> Option<&'static Kind> {
+    KINDS.iter().find(|k| k.name == name)
+}
 
 /// Find the stage's kind and decode its params.
-pub fn configure(spec: &StageSpec) -> Result<(&'static Kind, Box<dyn Stage>), ConfigError> {
-    let Some(kind) = KINDS.iter().find(|k| k.name == spec.kind) else {
-        let err = ConfigError::new(
+pub fn configure(spec: &StageSpec) -> Result<(&'static Kind, Configured), ConfigError> {
+    let Some(kind) = kind(&spec.kind) else {
+        return Err(ConfigError::new(
             Some(&spec.origin),
             format!("stage `{}` has unknown kind `{}`", spec.name, spec.kind),
-        );
-        let names: Vec<&str> = KINDS.iter().map(|k| k.name).collect();
-        return Err(match suggest(&spec.kind, names.iter().copied()) {
-            Some(s) => err.with_help(format!("did you mean `{s}`?")),
-            None => err.with_help(format!("known kinds: {}", names.join(", "))),
-        });
+        )
+        .suggesting(&spec.kind, KINDS.iter().map(|k| k.name), "known kinds"));
     };
     Ok((kind, (kind.configure)(spec)?))
 }
 
-/// Decode a stage's params into `P` (which should `deny_unknown_fields`), turning
-/// serde's errors into located ones: unknown keys get a suggestion.
-pub fn decode<P: DeserializeOwned>(spec: &StageSpec) -> Result<P, ConfigError> {
+/// The located error for a param whose value is wrong: `stage `s`: `key` must be ...`.
+pub fn param_error(
+    spec: &StageSpec,
+    path: &[&str],
+    message: impl std::fmt::Display,
+) -> ConfigError {
+    let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+    ConfigError::new(
+        Some(spec.params.origin_at(&path)),
+        format!("stage `{}`: {message}", spec.name),
+    )
+}
+
+/// Decode a stage's params into `P`, turning serde's errors into located ones.
+/// Unknown keys are refused with a suggestion, also inside `#[serde(flatten)]`
+/// parts (which serde cannot combine with `deny_unknown_fields`): every key
+/// written must come back when `P` is serialised again, as it does for the key.
+pub fn decode<P: DeserializeOwned + Serialize>(spec: &StageSpec) -> Result<P, ConfigError> {
     decode_node(&spec.params, &spec.name)
 }
 
-fn decode_node<P: DeserializeOwned>(params: &Node, stage: &str) -> Result<P, ConfigError> {
-    serde_path_to_error::deserialize(params.to_toml()).map_err(|err| {
+fn decode_node<P: DeserializeOwned + Serialize>(
+    params: &Node,
+    stage: &str,
+) -> Result<P, ConfigError> {
+    let decoded: P = serde_path_to_error::deserialize(params.to_toml()).map_err(|err| {
         let mut path: Vec<String> = err
             .path()
             .iter()
@@ -88,28 +193,99 @@ fn decode_node<P: DeserializeOwned>(params: &Node, stage: &str) -> Result<P, Con
             })
             .collect();
         let message = err.inner().to_string();
-        let mut help = None;
-        let text = if let Some((field, expected)) = parse_unknown_field(&message) {
+        if let Some((field, expected)) = parse_unknown_field(&message) {
             if path.last() != Some(&field) {
-                path.push(field.clone());
+                path.push(field);
             }
             let names: Vec<&str> = expected.iter().map(String::as_str).collect();
-            help = Some(match suggest(&field, names.iter().copied()) {
-                Some(s) => format!("did you mean `{s}`?"),
-                None => format!("expected one of: {}", names.join(", ")),
-            });
-            format!("stage `{stage}`: unknown key `{}`", path.join("."))
-        } else if path.is_empty() {
+            return unknown_key(params, stage, &path, &names);
+        }
+        if path.is_empty() {
+            // Inside a `#[serde(flatten)]` part serde keeps no path: find the key.
+            if let Some(key) = culprit::<P>(params, &message) {
+                path.push(key);
+            }
+        }
+        let text = if path.is_empty() {
             format!("stage `{stage}`: {message}")
         } else {
             format!("stage `{stage}`: `{}`: {message}", path.join("."))
         };
-        let err = ConfigError::new(Some(params.origin_at(&path)), text);
-        match help {
-            Some(h) => err.with_help(h),
-            None => err,
-        }
+        ConfigError::new(Some(params.origin_at(&path)), text)
+    })?;
+    let echoed = serde_json::to_value(&decoded).map_err(|e| {
+        ConfigError::new(
+            Some(&params.origin),
+            format!("stage `{stage}`: params cannot enter the key: {e}"),
+        )
+    })?;
+    let mut path = Vec::new();
+    if let Some(known) = first_unknown(params, &echoed, &mut path) {
+        return Err(unknown_key(params, stage, &path, &known));
+    }
+    Ok(decoded)
+}
+
+/// The first top-level key whose removal changes decoding's error `message`:
+/// the key that error is about.
+fn culprit<P: DeserializeOwned>(params: &Node, message: &str) -> Option<String> {
+    let table = params.as_table()?;
+    table.keys().find_map(|key| {
+        let mut without = table.clone();
+        without.remove(key);
+        let node = Node::table(without, params.origin.clone());
+        let changed = match toml::Value::try_into::<P>(node.to_toml()) {
+            Ok(_) => true,
+            Err(e) => e.to_string() != message,
+        };
+        changed.then(|| key.clone())
     })
+}
+
+fn unknown_key(params: &Node, stage: &str, path: &[String], known: &[&str]) -> ConfigError {
+    let word = path.last().map_or("", String::as_str);
+    ConfigError::new(
+        Some(params.origin_at(path)),
+        format!("stage `{stage}`: unknown key `{}`", path.join(".")),
+    )
+    .suggesting(word, known.iter().copied(), "expected one of")
+}
+
+/// The first key written in `node` that `echo` (the decoded params, serialised)
+/// lacks: its path is left in `path`, and the keys that level does know are returned.
+fn first_unknown<'e>(
+    node: &Node,
+    echo: &'e serde_json::Value,
+    path: &mut Vec<String>,
+) -> Option<Vec<&'e str>> {
+    match (&node.value, echo) {
+        (NodeValue::Table(table), serde_json::Value::Object(known)) => {
+            for (key, child) in table {
+                path.push(key.clone());
+                match known.get(key) {
+                    None => return Some(known.keys().map(String::as_str).collect()),
+                    Some(e) => {
+                        if let Some(found) = first_unknown(child, e, path) {
+                            return Some(found);
+                        }
+                    }
+                }
+                path.pop();
+            }
+            None
+        }
+        (NodeValue::Array(items), serde_json::Value::Array(echoed)) => {
+            for (i, (item, e)) in items.iter().zip(echoed).enumerate() {
+                path.push(i.to_string());
+                if let Some(found) = first_unknown(item, e, path) {
+                    return Some(found);
+                }
+                path.pop();
+            }
+            None
+        }
+        _ => None,
+    }
 }
 
 /// serde's wording: "unknown field `x`, expected one of `a`, `b`" (or "expected `a`").
@@ -130,7 +306,7 @@ mod tests {
     use super::*;
     use crate::pipeline::source::parse_file;
 
-    #[derive(Debug, serde::Deserialize)]
+    #[derive(Debug, serde::Deserialize, serde::Serialize)]
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct P {
@@ -139,7 +315,7 @@ mod tests {
         lora: Lora,
     }
 
-    #[derive(Debug, Default, serde::Deserialize)]
+    #[derive(Debug, Default, serde::Deserialize, serde::Serialize)]
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct Lora {
@@ -169,6 +345,35 @@ mod tests {
             err.starts_with("s.toml:1:1: stage `train`: `cmd`: invalid type"),
             "{err}"
         );
+    }
+
+    /// Params with a flattened part (as compute kinds flatten `ComputeParams`).
+    #[derive(Debug, serde::Deserialize, serde::Serialize)]
+    struct Flat {
+        cmd: String,
+        #[serde(flatten)]
+        compute: crate::stages::compute::ComputeParams,
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_through_flatten() {
+        let decode = |text: &str| {
+            let node = parse_file(Path::new("s.toml"), text.to_string()).unwrap();
+            decode_node::<Flat>(&node, "prof")
+        };
+        let flat = decode("cmd = \"x\"\ndevice = \"cpu\"\n").unwrap();
+        assert_eq!(
+            flat.compute.device,
+            crate::stages::compute::DeviceParam::Cpu
+        );
+        let text = decode("cmd = \"x\"\ndevices = \"cpu\"\n")
+            .unwrap_err()
+            .render();
+        assert!(
+            text.starts_with("s.toml:2:1: stage `prof`: unknown key `devices`"),
+            "{text}"
+        );
+        assert!(text.contains("did you mean `device`?"), "{text}");
     }
 
     #[test]

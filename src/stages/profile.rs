@@ -10,95 +10,74 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::compute::{self, DeviceGuard, DeviceParam, DtypeParam, Resolved};
-use super::{Kind, Stage, StageContext};
+use super::compute::{has_gpu, Compute, ComputeParams};
+use super::{param_error, Configured, Dep, Kind, Output, Stage, StageContext};
 use crate::pipeline::{ConfigError, StageSpec};
-use crate::train::bench::{run_until, BenchOptions, StepDone, T5_BASE_RANDOM};
+use crate::progress;
+use crate::train::bench::{run_until, BenchOptions, StepDone, StepShape, T5_BASE_RANDOM};
 
 pub const KIND: Kind = Kind {
     name: "profile",
     version: 1,
     summary: "time a LoRA train step (samples/s, per-phase split) on the chosen device",
+    template: include_str!("../../stages/profile.toml"),
+    inputs: &[],
+    outputs: &[
+        Output {
+            file: "profile.json",
+            what: "the `bench train-step --json` document",
+        },
+        Output {
+            file: "metrics.json",
+            what: "samples_per_s, step_seconds, final_loss",
+        },
+    ],
     configure,
 };
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
 pub struct Params {
     /// A model directory (relative to the pipeline file, or absolute), or
     /// `t5-base-random`.
     pub model: String,
-    #[serde(default = "default_batch")]
-    pub batch: i32,
-    #[serde(default = "default_qlen")]
-    pub qlen: i32,
-    #[serde(default = "default_dlen")]
-    pub dlen: i32,
-    #[serde(default = "default_steps")]
-    pub steps: usize,
-    #[serde(default = "default_warmup")]
-    pub warmup: usize,
-    /// Dropout inside the encoder at the model's own rate.
-    #[serde(default = "yes")]
-    pub dropout: bool,
-    /// One compiled graph per step (false: eager, which gives the phase split).
-    #[serde(default = "yes")]
-    pub compile: bool,
-    #[serde(default)]
-    pub device: DeviceParam,
-    #[serde(default)]
-    pub dtype: DtypeParam,
-}
-
-fn default_batch() -> i32 {
-    12
-}
-fn default_qlen() -> i32 {
-    32
-}
-fn default_dlen() -> i32 {
-    128
-}
-fn default_steps() -> usize {
-    10
-}
-fn default_warmup() -> usize {
-    2
-}
-fn yes() -> bool {
-    true
+    #[serde(flatten)]
+    pub shape: StepShape,
+    #[serde(flatten)]
+    pub compute: ComputeParams,
 }
 
 struct ProfileStage {
     params: Params,
     /// The model directory, absolute; `None` for `t5-base-random`.
     model_dir: Option<PathBuf>,
-    device: Resolved,
+    compute: Compute,
 }
 
-fn configure(spec: &StageSpec) -> Result<Box<dyn Stage>, ConfigError> {
-    configure_with(spec, compute::has_gpu())
+fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
+    configure_with(spec, has_gpu())
 }
 
-fn configure_with(spec: &StageSpec, has_gpu: bool) -> Result<Box<dyn Stage>, ConfigError> {
+fn configure_with(spec: &StageSpec, has_gpu: bool) -> Result<Configured, ConfigError> {
     let params: Params = super::decode(spec)?;
-    let at = |key: &str| spec.params.origin_at(&[key.to_string()]).clone();
+    let compute = Compute::configure_with(spec, &params.compute, has_gpu)?;
+    build(spec, params, compute)
+}
+
+fn build(
+    spec: &StageSpec,
+    mut params: Params,
+    compute: Compute,
+) -> Result<Configured, ConfigError> {
+    let shape = &params.shape;
     let positive = [
-        (
-            "batch",
-            params.batch >= 2,
-            "at least 2 (in-batch negatives)",
-        ),
-        ("qlen", params.qlen >= 1, "at least 1"),
-        ("dlen", params.dlen >= 1, "at least 1"),
-        ("steps", params.steps >= 1, "at least 1"),
+        ("batch", shape.batch >= 2, "at least 2 (in-batch negatives)"),
+        ("qlen", shape.qlen >= 1, "at least 1"),
+        ("dlen", shape.dlen >= 1, "at least 1"),
+        ("steps", shape.steps >= 1, "at least 1"),
     ];
     for (key, ok, want) in positive {
         if !ok {
-            return Err(ConfigError::new(
-                Some(&at(key)),
-                format!("stage `{}`: `{key}` must be {want}", spec.name),
-            ));
+            return Err(param_error(spec, &[key], format!("`{key}` must be {want}")));
         }
     }
     let model_dir = if params.model == T5_BASE_RANDOM {
@@ -106,11 +85,11 @@ fn configure_with(spec: &StageSpec, has_gpu: bool) -> Result<Box<dyn Stage>, Con
     } else {
         let dir = spec.dir.join(&params.model);
         if !dir.join("config.json").is_file() {
-            return Err(ConfigError::new(
-                Some(&at("model")),
+            return Err(param_error(
+                spec,
+                &["model"],
                 format!(
-                    "stage `{}`: model `{}` is not a model directory (no {})",
-                    spec.name,
+                    "model `{}` is not a model directory (no {})",
                     params.model,
                     dir.join("config.json").display()
                 ),
@@ -121,30 +100,27 @@ fn configure_with(spec: &StageSpec, has_gpu: bool) -> Result<Box<dyn Stage>, Con
         }
         Some(dir)
     };
-    let device = compute::resolve_device(spec, params.device, has_gpu)?;
-    Ok(Box::new(ProfileStage {
-        params,
+    // The key holds what runs: dropout resolved for this model.
+    params.shape.dropout = Some(params.shape.dropout_for(&params.model));
+    let deps = model_dir
+        .iter()
+        .map(|d| Dep {
+            name: d.to_string_lossy().into_owned(),
+            path: d.clone(),
+            origin: spec.params.origin_at(&["model".to_string()]).clone(),
+        })
+        .collect();
+    let stage = ProfileStage {
+        params: params.clone(),
         model_dir,
-        device,
-    }))
+        compute,
+    };
+    Ok(Configured::new(spec, &params, stage)?
+        .with_deps(deps)
+        .with_compute(&compute))
 }
 
 impl Stage for ProfileStage {
-    /// The params with `device` resolved (`auto` enters the key as `cpu` or `gpu`).
-    fn params(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(&self.params).unwrap_or_default();
-        v["device"] = self.device.name().into();
-        v
-    }
-
-    /// The model directory's files, when it is one.
-    fn deps(&self) -> Vec<String> {
-        self.model_dir
-            .iter()
-            .map(|d| d.to_string_lossy().into_owned())
-            .collect()
-    }
-
     fn run(&self, ctx: &StageContext<'_>) -> Result<()> {
         let p = &self.params;
         let mut log = ctx.log.try_clone()?;
@@ -152,29 +128,20 @@ impl Stage for ProfileStage {
             Some(d) => d.to_string_lossy().into_owned(),
             None => T5_BASE_RANDOM.to_string(),
         };
+        let opts = BenchOptions::new(model, &p.shape, self.compute.dtype.dtype());
         writeln!(
             log,
-            "timing {} steps (+{} warm-up) of {model}: batch {}, q {} / d {} tokens, {} {:?}",
-            p.steps,
-            p.warmup,
-            p.batch,
-            p.qlen,
-            p.dlen,
-            self.device.name(),
-            p.dtype
+            "timing {} steps (+{} warm-up) of {}: batch {}, q {} / d {} tokens, {} {}",
+            opts.steps,
+            opts.warmup,
+            opts.model,
+            opts.batch,
+            opts.qlen,
+            opts.dlen,
+            self.compute.device.name(),
+            self.compute.dtype.name()
         )?;
-        let opts = BenchOptions {
-            model,
-            batch: p.batch,
-            qlen: p.qlen,
-            dlen: p.dlen,
-            steps: p.steps,
-            warmup: p.warmup,
-            dropout: p.dropout,
-            compile: p.compile,
-            dtype: p.dtype.dtype(),
-        };
-        let bar = progress_bar(ctx.stage, (p.warmup + p.steps) as u64);
+        let bar = progress::bar(ctx.stage, (opts.warmup + opts.steps) as u64, "steps");
         let mut step_log = log.try_clone()?;
         let mut on_step = |s: StepDone| {
             bar.inc(1);
@@ -189,7 +156,7 @@ impl Stage for ProfileStage {
             );
         };
         let report = {
-            let _device = DeviceGuard::acquire(self.device)?;
+            let _mlx = self.compute.enter()?;
             run_until(&opts, ctx.cancel, &mut on_step)
         };
         bar.finish_and_clear();
@@ -213,20 +180,6 @@ impl Stage for ProfileStage {
     }
 }
 
-/// Steps done, on a terminal only (the first step includes compiling the graph).
-fn progress_bar(stage: &str, steps: u64) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(steps);
-    let template = format!("  {stage}  [{{bar:30}}] {{pos}}/{{len}} steps {{elapsed}}");
-    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +193,7 @@ mod tests {
             kind: "profile".into(),
             description: None,
             needs: Vec::new(),
+            need_origins: Vec::new(),
             origin: node.origin_at(&[]).clone(),
             params: node,
             dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
@@ -268,15 +222,15 @@ mod tests {
     #[test]
     fn auto_enters_the_key_as_the_device_it_resolves_to() -> Result<(), ConfigError> {
         let text = "model = \"t5-base-random\"\n";
-        let cpu = configure_with(&spec(text), false)?.params();
-        let gpu = configure_with(&spec(text), true)?.params();
+        let cpu = configure_with(&spec(text), false)?.params;
+        let gpu = configure_with(&spec(text), true)?.params;
         assert_eq!(cpu["device"], "cpu");
         assert_eq!(gpu["device"], "gpu");
         let explicit = configure_with(
             &spec("model = \"t5-base-random\"\ndevice = \"cpu\"\n"),
             true,
         )?;
-        assert_eq!(explicit.params()["device"], "cpu");
+        assert_eq!(explicit.params["device"], "cpu");
         assert_eq!(cpu["dtype"], "f32");
         assert_eq!(cpu["batch"], 12);
         Ok(())
@@ -300,9 +254,12 @@ mod tests {
     #[test]
     fn a_model_directory_enters_the_key_as_a_dep() -> Result<(), ConfigError> {
         let stage = configure_with(&spec("model = \"tests/fixtures/tiny_t5_relu\"\n"), false)?;
-        let deps = stage.deps();
+        let deps = stage.deps;
         assert_eq!(deps.len(), 1);
-        assert!(deps[0].ends_with("tests/fixtures/tiny_t5_relu"), "{deps:?}");
+        assert!(
+            deps[0].name.ends_with("tests/fixtures/tiny_t5_relu"),
+            "{deps:?}"
+        );
         Ok(())
     }
 }

@@ -28,6 +28,9 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub use db::Db;
+
+/// The store's database file, under its root.
+pub const DB_FILE: &str = "xtr.db";
 pub use hashing::Hasher;
 pub use key::{ArtifactKey, Recipe};
 
@@ -93,12 +96,20 @@ impl Store {
         })
     }
 
+    /// Open a store that must already exist (commands that only read or delete).
+    pub fn open_existing(root: &Path) -> Result<Store> {
+        if !root.join(DB_FILE).exists() {
+            bail!("{} is not an xtr-pipe store (no {DB_FILE})", root.display());
+        }
+        Store::open(root)
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }
 
     pub fn open_db(&self) -> Result<Db> {
-        Db::open(&self.root.join("xtr.db"))
+        Db::open(&self.root.join(DB_FILE))
     }
 
     pub fn artifact_dir(&self, key: &ArtifactKey) -> PathBuf {

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::loss::LossConfig;
 use super::optim::AdamWConfig;
@@ -16,6 +16,49 @@ use crate::model::bench::{load_for_bench, random_batch};
 use crate::model::LoraConfig;
 
 pub use crate::model::bench::T5_BASE_RANDOM;
+
+/// What is timed, with its defaults in this one place: the `profile` kind's
+/// params and `bench train-step`'s flags are both this.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StepShape {
+    /// Query/document pairs per step (in-batch negatives: at least 2).
+    pub batch: i32,
+    /// Query length in tokens.
+    pub qlen: i32,
+    /// Document length in tokens.
+    pub dlen: i32,
+    /// Timed steps (the median is reported).
+    pub steps: usize,
+    /// Untimed steps first (the first compiles the graph).
+    pub warmup: usize,
+    /// Dropout in the encoder at the model's own rate; unset: on for
+    /// `t5-base-random`, off for a model directory.
+    pub dropout: Option<bool>,
+    /// One compiled graph per step (false: eager, which gives the phase split).
+    pub compile: bool,
+}
+
+impl Default for StepShape {
+    fn default() -> Self {
+        StepShape {
+            batch: 12,
+            qlen: 32,
+            dlen: 128,
+            steps: 10,
+            warmup: 2,
+            dropout: None,
+            compile: true,
+        }
+    }
+}
+
+impl StepShape {
+    /// Whether dropout is on for `model` (see [`StepShape::dropout`]).
+    pub fn dropout_for(&self, model: &str) -> bool {
+        self.dropout.unwrap_or(model == T5_BASE_RANDOM)
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -32,6 +75,22 @@ pub struct BenchOptions {
     /// Compute dtype: f32, or bf16 (frozen weights in bf16, LoRA adapters and
     /// optimizer state in f32, loss in f32).
     pub dtype: Dtype,
+}
+
+impl BenchOptions {
+    pub fn new(model: String, shape: &StepShape, dtype: Dtype) -> BenchOptions {
+        BenchOptions {
+            dropout: shape.dropout_for(&model),
+            model,
+            batch: shape.batch,
+            qlen: shape.qlen,
+            dlen: shape.dlen,
+            steps: shape.steps,
+            warmup: shape.warmup,
+            compile: shape.compile,
+            dtype,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]

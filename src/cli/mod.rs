@@ -1,5 +1,8 @@
 //! The command line: parse arguments, call into `exec`/`store`, print human
-//! output or a stable JSON document (`--json`, schema 1, see README).
+//! output or a stable JSON document (`--json`, schema 1, see README). The
+//! pipeline commands live here, the ML ones in [`ml`].
+
+mod ml;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -11,10 +14,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cancel::CancelToken;
-use crate::exec::{self, Action, PlanError, RunOptions, Status, Workspace};
+use crate::exec::{self, Action, PlanError, Progress, RunOptions, Status, Workspace};
 use crate::pipeline::{ConfigError, Override, Pipeline};
-use crate::stages::compute::DeviceParam;
-use crate::store::Store;
 
 /// Exit status for configuration and usage errors (nothing ran).
 const EXIT_CONFIG: u8 = 2;
@@ -59,111 +60,17 @@ enum Command {
     /// List the built-in stage kinds.
     Kinds(JsonFlag),
     /// Print each text's per-token embeddings from a model directory.
-    Embed(EmbedArgs),
+    Embed(ml::EmbedArgs),
     /// Benchmarks (release builds only give meaningful figures).
     #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Subcommand)]
-enum BenchCommand {
-    /// Time the LoRA train step (MaxSim InfoNCE + margin, AdamW) on synthetic ids.
-    TrainStep(TrainStepArgs),
-    /// Encoder inference throughput (tokens/s) on synthetic ids.
-    Encode(EncodeBenchArgs),
-    /// Our CPU kernels (GELU, softmax, dropout and their gradients) against the
-    /// MLX graphs they replace, in elements/s at the train step's sizes.
-    Kernels(KernelsBenchArgs),
+    Bench(ml::BenchCommand),
 }
 
 #[derive(Args)]
-struct KernelsBenchArgs {
-    /// Timed evaluations per kernel (the median is reported).
-    #[arg(long, default_value_t = 20)]
-    reps: usize,
-    /// Instruction set: auto, avx512, avx2 or scalar (the portable fallback).
-    #[arg(long, default_value = "auto")]
-    isa: String,
-    #[command(flatten)]
-    json: JsonFlag,
-}
-
-#[derive(Args)]
-struct EncodeBenchArgs {
-    /// A model directory, or `t5-base-random`.
-    #[arg(long)]
-    model: String,
-    #[arg(long, default_value_t = 32)]
-    batch: i32,
-    /// Tokens per text.
-    #[arg(long, default_value_t = 128)]
-    len: i32,
-    #[arg(long, default_value_t = 10)]
-    steps: usize,
-    #[arg(long, default_value_t = 2)]
-    warmup: usize,
-    #[arg(long, value_enum, default_value_t = DeviceParam::Cpu)]
-    device: DeviceParam,
-    #[command(flatten)]
-    json: JsonFlag,
-}
-
-#[derive(Args)]
-struct EmbedArgs {
-    /// An HF-layout model directory (config.json, model.safetensors, tokenizer.json).
-    #[arg(long)]
-    model: PathBuf,
-    /// Truncate each text to this many tokens (special tokens included).
-    #[arg(long, default_value_t = 512)]
-    max_len: usize,
-    #[arg(long, value_enum, default_value_t = DeviceParam::Cpu)]
-    device: DeviceParam,
-    /// The texts to embed.
-    #[arg(required = true)]
-    texts: Vec<String>,
-    #[command(flatten)]
-    json: JsonFlag,
-}
-
-#[derive(Args)]
-struct TrainStepArgs {
-    /// A model directory, or `t5-base-random` (a random T5 v1.1-base encoder + 128-dim head).
-    #[arg(long)]
-    model: String,
-    #[arg(long, default_value_t = 12)]
-    batch: i32,
-    /// Query length in tokens.
-    #[arg(long, default_value_t = 32)]
-    qlen: i32,
-    /// Document length in tokens.
-    #[arg(long, default_value_t = 128)]
-    dlen: i32,
-    /// Timed steps (the median is reported).
-    #[arg(long, default_value_t = 10)]
-    steps: usize,
-    /// Untimed steps first.
-    #[arg(long, default_value_t = 2)]
-    warmup: usize,
-    #[arg(long, value_enum, default_value_t = DeviceParam::Cpu)]
-    device: DeviceParam,
-    /// Compute dtype: f32, or bf16 (frozen weights bf16; LoRA, optimizer state and loss f32).
-    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
-    dtype: String,
-    /// Run the step eagerly, op by op, instead of as one compiled graph (gives the phase split).
-    #[arg(long)]
-    eager: bool,
-    /// Dropout in the encoder (its configured rate) [default: on for t5-base-random, off otherwise].
-    #[arg(long)]
-    dropout: Option<bool>,
-    #[command(flatten)]
-    json: JsonFlag,
-}
-
-#[derive(Args)]
-struct JsonFlag {
+pub(crate) struct JsonFlag {
     /// Print one JSON document on stdout (schema documented in the README).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Args)]
@@ -236,7 +143,7 @@ struct GcArgs {
 }
 
 /// A failure with the exit status it maps to.
-enum Failure {
+pub(crate) enum Failure {
     Config(ConfigError),
     Other(anyhow::Error),
 }
@@ -277,10 +184,8 @@ pub fn main() -> ExitCode {
         Command::Show(args) => cmd_show(args),
         Command::Gc(args) => cmd_gc(args),
         Command::Kinds(args) => cmd_kinds(args),
-        Command::Embed(args) => cmd_embed(args),
-        Command::Bench(BenchCommand::TrainStep(args)) => cmd_bench_train_step(args),
-        Command::Bench(BenchCommand::Encode(args)) => cmd_bench_encode(args),
-        Command::Bench(BenchCommand::Kernels(args)) => cmd_bench_kernels(args),
+        Command::Embed(args) => ml::cmd_embed(args),
+        Command::Bench(command) => ml::bench(command),
     };
     match result {
         Ok(code) => code,
@@ -301,10 +206,10 @@ fn load(args: &PipelineArgs) -> Result<Pipeline, Failure> {
         .iter()
         .map(|s| Override::parse(s))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Pipeline::load(&args.pipeline, &overrides)?)
+    Ok(exec::load(&args.pipeline, &overrides)?)
 }
 
-fn print_json(value: &impl Serialize) -> Result<()> {
+pub(crate) fn print_json(value: &impl Serialize) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
@@ -323,7 +228,11 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, Failure> {
         force: args.force,
         dry_run: args.dry_run,
         verify: args.verify,
-        progress: !json,
+        progress: if json {
+            Progress::JsonLines
+        } else {
+            Progress::Human
+        },
     };
     if opts.jobs == 0 {
         return Err(ConfigError::new(None, "-j must be at least 1").into());
@@ -337,8 +246,7 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, Failure> {
             cancel.flag(),
         )
         .context("installing signal handlers")?;
-        signal_hook::flag::register(signal, cancel.flag())
-            .context("installing signal handlers")?;
+        signal_hook::flag::register(signal, cancel.flag()).context("installing signal handlers")?;
     }
     let mut ws = Workspace::open(&pipeline)?;
     let plan = exec::plan(&pipeline, &mut ws, &opts)?;
@@ -441,7 +349,7 @@ fn cmd_status(args: PipelineArgs) -> Result<ExitCode, Failure> {
 }
 
 fn cmd_dag(args: DagArgs) -> Result<ExitCode, Failure> {
-    let pipeline = Pipeline::load(&args.pipeline, &[])?;
+    let pipeline = exec::load(&args.pipeline, &[])?;
     let order = pipeline.dag.topological();
     if args.json.json {
         let stages: Vec<_> = order
@@ -496,40 +404,14 @@ fn cmd_dag(args: DagArgs) -> Result<ExitCode, Failure> {
 }
 
 fn cmd_show(args: ShowArgs) -> Result<ExitCode, Failure> {
-    let pipeline = Pipeline::load(&args.pipeline, &[])?;
-    let store = Store::open(&pipeline.store)?;
-    let db = store.open_db()?;
-    let Some(run) = db.last_run(&pipeline.path.to_string_lossy())? else {
+    let pipeline = exec::load(&args.pipeline, &[])?;
+    let Some((run, stages)) = exec::last_run(&pipeline)? else {
         return Err(Failure::Other(anyhow::anyhow!(
             "no recorded run of {}; run it first with `xtr-pipe run {}`",
             pipeline.path.display(),
             args.pipeline.display()
         )));
     };
-    // Records are stored in completion order; show them in the pipeline's order.
-    let position = |name: &str| {
-        let order = pipeline.dag.topological();
-        pipeline
-            .stage_index(name)
-            .and_then(|i| order.iter().position(|&j| j == i))
-            .unwrap_or(usize::MAX)
-    };
-    let mut records = db.run_stages(run.id)?;
-    records.sort_by_key(|r| position(&r.stage));
-    let stages: Vec<_> = records
-        .into_iter()
-        .map(|r| {
-            let artifact = matches!(r.status.as_str(), "ran" | "cached")
-                .then(|| pipeline.store.join(&r.key).join("out"));
-            let metrics: serde_json::Value = r
-                .metrics
-                .as_deref()
-                .and_then(|m| serde_json::from_str(m).ok())
-                .unwrap_or_else(|| json!({}));
-            json!({"name": r.stage, "kind": r.kind, "status": r.status, "key": r.key, "seconds": r.seconds,
-                   "reason": r.reason, "artifact": artifact, "metrics": metrics, "error": r.error})
-        })
-        .collect();
     if args.json.json {
         print_json(&json!({"schema": 1, "run": run, "stages": stages}))?;
         return Ok(ExitCode::SUCCESS);
@@ -541,19 +423,19 @@ fn cmd_show(args: ShowArgs) -> Result<ExitCode, Failure> {
     for s in &stages {
         println!(
             "  {:<8} {}  {}  {:.2}s",
-            s["status"].as_str().unwrap_or_default(),
-            s["name"].as_str().unwrap_or_default(),
-            &s["key"].as_str().unwrap_or_default()[..12.min(s["key"].as_str().map_or(0, str::len))],
-            s["seconds"].as_f64().unwrap_or_default()
+            s.status.as_str(),
+            s.name,
+            &s.key[..s.key.len().min(12)],
+            s.seconds
         );
-        if let Some(a) = s["artifact"].as_str() {
-            println!("           artifact: {a}");
+        if let Some(a) = &s.artifact {
+            println!("           artifact: {}", a.display());
         }
-        if let Some(m) = s["metrics"].as_object().filter(|m| !m.is_empty()) {
-            let text: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if !s.metrics.is_empty() {
+            let text: Vec<String> = s.metrics.iter().map(|(k, v)| format!("{k}={v}")).collect();
             println!("           metrics: {}", text.join(" "));
         }
-        if let Some(e) = s["error"].as_str() {
+        if let Some(e) = &s.error {
             println!("           error: {e}");
         }
     }
@@ -561,20 +443,8 @@ fn cmd_show(args: ShowArgs) -> Result<ExitCode, Failure> {
 }
 
 fn cmd_gc(args: GcArgs) -> Result<ExitCode, Failure> {
-    let root = match (&args.pipeline, &args.store) {
-        (Some(p), _) => Pipeline::load(p, &[])?.store,
-        (None, Some(s)) => s.clone(),
-        (None, None) => PathBuf::from("artifacts"),
-    };
-    if !root.join("xtr.db").exists() {
-        return Err(Failure::Other(anyhow::anyhow!(
-            "{} is not an xtr-pipe store (no xtr.db)",
-            root.display()
-        )));
-    }
-    let store = Store::open(&root)?;
-    let keep = store.open_db()?.referenced_keys(args.keep_last)?;
-    let report = store.gc(&keep, args.dry_run)?;
+    let root = exec::store_root(args.pipeline.as_deref(), args.store.as_deref())?;
+    let report = exec::gc(&root, args.keep_last, args.dry_run)?;
     if args.json.json {
         print_json(
             &json!({"schema": 1, "store": root, "dry_run": args.dry_run, "removed": report.removed,
@@ -611,156 +481,6 @@ fn cmd_kinds(args: JsonFlag) -> Result<ExitCode, Failure> {
         for k in crate::stages::KINDS {
             println!("{:<10} v{}  {}", k.name, k.version, k.summary);
         }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Make `device` MLX's default; `gpu` without one is an error naming the fix.
-fn select_device(device: DeviceParam) -> Result<()> {
-    let Some(chosen) = device.resolve(crate::mlx::gpu_is_available()?) else {
-        anyhow::bail!(
-            "--device gpu: this MLX build has no GPU (the mlx-cpu wheel); install mlx-cuda-13 \
-             (Linux + NVIDIA) or mlx-metal (macOS) of the same version, or use --device cpu"
-        );
-    };
-    crate::mlx::Device::set_default(&chosen.device())?;
-    Ok(())
-}
-
-fn cmd_embed(args: EmbedArgs) -> Result<ExitCode, Failure> {
-    select_device(args.device)?;
-    let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
-    let out = crate::model::embed(&args.model, &texts, args.max_len)?;
-    if args.json.json {
-        let items = out
-            .iter()
-            .zip(&texts)
-            .map(|((tokens, vecs), text)| -> Result<serde_json::Value> {
-                let dim = vecs.shape().get(1).copied().unwrap_or(0) as usize;
-                let flat = vecs.to_vec::<f32>()?;
-                let rows: Vec<&[f32]> = if dim == 0 { Vec::new() } else { flat.chunks(dim).collect() };
-                Ok(json!({"text": text, "tokens": tokens, "shape": vecs.shape(), "embeddings": rows}))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        print_json(&json!({"schema": 1, "model": args.model, "texts": items}))?;
-    } else {
-        for ((tokens, vecs), text) in out.iter().zip(&texts) {
-            println!(
-                "{text:?}: {} tokens x {} dims",
-                tokens.len(),
-                vecs.shape().get(1).unwrap_or(&0)
-            );
-            let first = vecs.to_vec::<f32>()?;
-            let dim = vecs.shape().get(1).copied().unwrap_or(0) as usize;
-            for (i, token) in tokens.iter().enumerate() {
-                let head: Vec<String> = first[i * dim..(i * dim + 4.min(dim))]
-                    .iter()
-                    .map(|v| format!("{v:+.4}"))
-                    .collect();
-                println!("  {token:<16} [{} ...]", head.join(", "));
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn cmd_bench_train_step(args: TrainStepArgs) -> Result<ExitCode, Failure> {
-    select_device(args.device)?;
-    let dtype = if args.dtype == "bf16" {
-        crate::mlx::Dtype::Bfloat16
-    } else {
-        crate::mlx::Dtype::Float32
-    };
-    let opts = crate::train::bench::BenchOptions {
-        dropout: args
-            .dropout
-            .unwrap_or(args.model == crate::train::bench::T5_BASE_RANDOM),
-        model: args.model,
-        batch: args.batch,
-        qlen: args.qlen,
-        dlen: args.dlen,
-        steps: args.steps,
-        warmup: args.warmup,
-        compile: !args.eager,
-        dtype,
-    };
-    if !args.json.json {
-        eprintln!(
-            "timing {} train steps of {} (batch {}, q {} / d {} tokens) ...",
-            opts.steps, opts.model, opts.batch, opts.qlen, opts.dlen
-        );
-    }
-    let report = crate::train::bench::run(&opts)?;
-    if args.json.json {
-        print_json(&report)?;
-    } else {
-        println!(
-            "{}: {:.2} samples/s ({:.3} s/step, median of {}), on {} {}, loss {:.4}",
-            report.model,
-            report.samples_per_s,
-            report.step_seconds,
-            report.steps,
-            report.device,
-            report.dtype,
-            report.final_loss
-        );
-        if report.compiled {
-            println!("  compiled: the step is one graph; --eager gives a per-phase split");
-        } else {
-            println!(
-                "  phases per step: forward+backward {:.3} s, optimizer {:.3} s",
-                report.phases.forward_backward, report.phases.optimizer
-            );
-        }
-        println!("  {} trainable params", report.trainable_params);
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn cmd_bench_kernels(args: KernelsBenchArgs) -> Result<ExitCode, Failure> {
-    crate::mlx::kernels::set_isa(&args.isa)?;
-    let r = crate::mlx::kernels::bench::run(args.reps)?;
-    if args.json.json {
-        print_json(&r)?;
-    } else {
-        println!(
-            "CPU kernels ({}, {} threads) vs MLX (compiled), elements/s, median of {}:",
-            r.isa, r.threads, r.reps
-        );
-        println!(
-            "  {:<28} {:>18} {:>10} {:>10} {:>8}",
-            "kernel", "shape", "ours M/s", "MLX M/s", "speedup"
-        );
-        for row in &r.rows {
-            println!(
-                "  {:<28} {:>18} {:>10.0} {:>10.0} {:>7.1}x",
-                row.kernel,
-                format!("{:?}", row.shape),
-                row.ours / 1e6,
-                row.mlx / 1e6,
-                row.speedup
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn cmd_bench_encode(args: EncodeBenchArgs) -> Result<ExitCode, Failure> {
-    select_device(args.device)?;
-    let r = crate::model::bench::encode_throughput(
-        &args.model,
-        args.batch,
-        args.len,
-        args.steps,
-        args.warmup,
-    )?;
-    if args.json.json {
-        print_json(&r)?;
-    } else {
-        println!(
-            "{}: {:.0} tokens/s ({:.3} s per batch of {} x {} tokens, median of {}) on {}",
-            r.model, r.tokens_per_s, r.step_seconds, r.batch, r.len, r.steps, r.device
-        );
     }
     Ok(ExitCode::SUCCESS)
 }
