@@ -471,15 +471,50 @@ fn cmd_gc(args: GcArgs) -> Result<ExitCode, Failure> {
 }
 
 fn cmd_kinds(args: JsonFlag) -> Result<ExitCode, Failure> {
-    let kinds: Vec<_> = crate::stages::KINDS
-        .iter()
-        .map(|k| json!({"name": k.name, "version": k.version, "summary": k.summary}))
-        .collect();
+    use crate::stages::{Arity, KINDS};
+    let arity = |a: Arity| match a {
+        Arity::One => "one",
+        Arity::Optional => "optional",
+        Arity::Many => "any number",
+    };
     if args.json {
+        let kinds: Vec<_> = KINDS
+            .iter()
+            .map(|k| {
+                let inputs: Vec<_> = k
+                    .inputs
+                    .iter()
+                    .map(|r| json!({"role": r.role, "kinds": r.kinds, "arity": arity(r.arity)}))
+                    .collect();
+                let outputs: Vec<_> = k
+                    .outputs
+                    .iter()
+                    .map(|o| json!({"file": o.file, "what": o.what}))
+                    .collect();
+                json!({"name": k.name, "version": k.version, "summary": k.summary,
+                       "inputs": inputs, "outputs": outputs})
+            })
+            .collect();
         print_json(&json!({"schema": 1, "kinds": kinds}))?;
-    } else {
-        for k in crate::stages::KINDS {
-            println!("{:<10} v{}  {}", k.name, k.version, k.summary);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for k in KINDS {
+        println!("{:<10} v{}  {}", k.name, k.version, k.summary);
+        for r in k.inputs {
+            let from = if r.kinds.is_empty() {
+                "any stage".to_string()
+            } else {
+                format!("a {} stage", r.kinds.join(" or "))
+            };
+            let verb = match r.arity {
+                Arity::One => format!("needs a {}", r.role),
+                Arity::Optional => format!("may take a {}", r.role),
+                Arity::Many => format!("takes any number of {}s", r.role),
+            };
+            println!("             {verb} from {from}");
+        }
+        for o in k.outputs {
+            println!("             makes {}: {}", o.file, o.what);
         }
     }
     Ok(ExitCode::SUCCESS)

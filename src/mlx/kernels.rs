@@ -210,4 +210,4 @@ pub mod bench;
 
 #[cfg(test)]
 #[path = "kernels_tests.rs"]
-mod tests;
+pub(crate) mod tests;

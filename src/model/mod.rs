@@ -23,6 +23,9 @@ pub mod random;
 pub mod t5;
 pub mod weights;
 
+#[cfg(test)]
+mod gpu_tests;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

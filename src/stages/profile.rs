@@ -251,6 +251,24 @@ mod tests {
         assert!(text.contains("did you mean `device`?"), "{text}");
     }
 
+    /// The template documents the defaults; they are the code's, not a copy.
+    #[test]
+    fn the_template_holds_the_defaults() -> Result<(), ConfigError> {
+        let node = parse_file(Path::new("profile.toml"), KIND.template.to_string())?;
+        let mut spec = spec("model = \"t5-base-random\"\n");
+        let mut merged = node;
+        merged.merge(spec.params.clone());
+        if let Some(table) = merged.as_table() {
+            let mut table = table.clone();
+            table.remove("kind");
+            spec.params = crate::pipeline::Node::table(table, merged.origin.clone());
+        }
+        let params: Params = crate::stages::decode(&spec)?;
+        assert_eq!(params.shape, StepShape::default());
+        assert_eq!(params.compute, ComputeParams::default());
+        Ok(())
+    }
+
     #[test]
     fn a_model_directory_enters_the_key_as_a_dep() -> Result<(), ConfigError> {
         let stage = configure_with(&spec("model = \"tests/fixtures/tiny_t5_relu\"\n"), false)?;
