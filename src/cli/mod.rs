@@ -356,12 +356,7 @@ fn cmd_dag(args: DagArgs) -> Result<ExitCode, Failure> {
             .iter()
             .map(|&i| {
                 let s = &pipeline.stages[i];
-                let needs: Vec<&str> = s
-                    .needs
-                    .iter()
-                    .map(|&n| pipeline.stages[n].name.as_str())
-                    .collect();
-                json!({"name": s.name, "kind": s.kind, "needs": needs})
+                json!({"name": s.name, "kind": s.kind, "needs": pipeline.need_names(i)})
             })
             .collect();
         print_json(&json!({"schema": 1, "pipeline": pipeline.path, "stages": stages}))?;
@@ -387,11 +382,7 @@ fn cmd_dag(args: DagArgs) -> Result<ExitCode, Failure> {
             .unwrap_or(0);
         for &i in order {
             let s = &pipeline.stages[i];
-            let needs: Vec<&str> = s
-                .needs
-                .iter()
-                .map(|&n| pipeline.stages[n].name.as_str())
-                .collect();
+            let needs = pipeline.need_names(i);
             let arrow = if needs.is_empty() {
                 String::new()
             } else {

@@ -79,27 +79,24 @@ pub fn plan(pipeline: &Pipeline, ws: &mut Workspace, opts: &RunOptions) -> Resul
         let key = recipe.key();
         let state = ws.store.check(&key, &mut ws.hasher, opts.verify)?;
         let forced = opts.force.contains(&spec.name) || from_set.contains(&i);
-        let mut corrupt = None;
         let manifest = match &state {
             ArtifactState::Valid(m) => Some(m.clone()),
             _ => None,
         };
+        let corrupt = match &state {
+            ArtifactState::Corrupt(why) => Some(why.clone()),
+            _ => None,
+        };
         let (action, reason) = if !selected.contains(&i) {
             (Action::Skip, "not selected".to_string())
+        } else if opts.force.contains(&spec.name) {
+            (Action::Run, "forced (--force)".to_string())
         } else if forced {
-            let why = if opts.force.contains(&spec.name) {
-                "forced (--force)"
-            } else {
-                "forced (--from)"
-            };
-            (Action::Run, why.to_string())
+            (Action::Run, "forced (--from)".to_string())
         } else {
             match state {
                 ArtifactState::Valid(_) => (Action::Reuse, "up to date".to_string()),
-                ArtifactState::Corrupt(why) => {
-                    corrupt = Some(why.clone());
-                    (Action::Run, format!("artifact corrupt ({why})"))
-                }
+                ArtifactState::Corrupt(why) => (Action::Run, format!("artifact corrupt ({why})")),
                 ArtifactState::Missing => {
                     (Action::Run, staleness(pipeline, ws, &spec.name, &recipe)?)
                 }

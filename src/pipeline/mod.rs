@@ -235,6 +235,15 @@ impl Pipeline {
         })
     }
 
+    /// The names of the stages stage `i` needs, as its `needs` lists them.
+    pub fn need_names(&self, i: usize) -> Vec<&str> {
+        self.stages[i]
+            .needs
+            .iter()
+            .map(|&n| self.stages[n].name.as_str())
+            .collect()
+    }
+
     pub fn stage_index(&self, name: &str) -> Option<usize> {
         self.stages.iter().position(|s| s.name == name)
     }
