@@ -295,3 +295,27 @@ fn templates_supply_defaults() {
         "the store sits next to the pipeline file"
     );
 }
+
+#[test]
+fn an_input_its_kind_does_not_take_is_refused_before_anything_runs() {
+    let p = Project::new();
+    p.file(
+        "p.toml",
+        "[pipeline]\nname = \"roles\"\n\n[stage.prep]\nkind = \"cmd\"\ncmd = \"touch ran\"\n\n\
+         [stage.prof]\nkind = \"profile\"\nmodel = \"t5-base-random\"\nneeds = [\"prep\"]\n",
+    );
+    let out = p.xtr(&["run", "p.toml"]);
+    let err = common::stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "p.toml:11:10: stage `prof`: profile takes no inputs; stage `prep` is of kind cmd"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("remove `prep` from `needs`"), "{err}");
+    assert!(
+        !p.path("ran").exists(),
+        "nothing may run before the plan is valid"
+    );
+}
