@@ -251,3 +251,38 @@ fn gc_refuses_while_a_run_holds_the_store() {
     p.file("release", "");
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn a_working_directory_survives_a_failed_attempt_and_goes_with_success() {
+    // The first attempt leaves a checkpoint and fails; the second resumes from it.
+    let p = one_stage(
+        "if [ -f $XTR_WORK/ckpt ]; then cat $XTR_WORK/ckpt > $XTR_OUT/resumed; \
+         else echo step-7 > $XTR_WORK/ckpt; exit 3; fi",
+    );
+    let out = p.xtr(&["run", "p.toml", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stage(&first, "a")["status"], "failed");
+    let key = stage(&first, "a")["key"].as_str().unwrap().to_string();
+    let work = p.path(&format!("artifacts/.work/{key}"));
+    assert!(
+        work.join("ckpt").is_file(),
+        "the checkpoint outlives the attempt"
+    );
+    // gc keeps what the last run can resume.
+    assert_eq!(p.json(&["gc", "p.toml"])["work_dirs"], 0);
+    assert!(work.exists());
+    let second = p.json(&["run", "p.toml"]);
+    assert_eq!(stage(&second, "a")["status"], "ran");
+    let out = std::path::PathBuf::from(stage(&second, "a")["artifact"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(out.join("resumed")).unwrap(),
+        "step-7\n"
+    );
+    assert!(!work.exists(), "published: the working directory is gone");
+    // A stale one (no last run names its key) is gc's.
+    let stale = p.path(&format!("artifacts/.work/{}", "e".repeat(64)));
+    std::fs::create_dir_all(&stale).unwrap();
+    assert_eq!(p.json(&["gc", "p.toml"])["work_dirs"], 1);
+    assert!(!stale.exists());
+}

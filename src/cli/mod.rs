@@ -439,7 +439,8 @@ fn cmd_gc(args: GcArgs) -> Result<ExitCode, Failure> {
     if args.json.json {
         print_json(
             &json!({"schema": 1, "store": root, "dry_run": args.dry_run, "removed": report.removed,
-                           "kept": report.kept, "leftovers": report.leftovers, "bytes": report.bytes}),
+                           "kept": report.kept, "leftovers": report.leftovers,
+                           "work_dirs": report.work_dirs, "bytes": report.bytes}),
         )?;
     } else {
         let verb = if args.dry_run {
@@ -451,9 +452,10 @@ fn cmd_gc(args: GcArgs) -> Result<ExitCode, Failure> {
             println!("{verb} {key}");
         }
         println!(
-            "{verb} {} artifacts and {} leftovers ({:.1} MB); kept {}",
+            "{verb} {} artifacts, {} leftovers and {} stale working directories ({:.1} MB); kept {}",
             report.removed.len(),
             report.leftovers,
+            report.work_dirs,
             report.bytes as f64 / 1e6,
             report.kept
         );

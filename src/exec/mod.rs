@@ -104,8 +104,9 @@ impl Workspace {
 /// (or, with `keep_last`, none of each pipeline's last N runs).
 pub fn gc(root: &Path, keep_last: Option<u32>, dry_run: bool) -> Result<GcReport> {
     let store = Store::open_existing(root)?;
-    let keep = store.open_db()?.referenced_keys(keep_last)?;
-    store.gc(&keep, dry_run)
+    let db = store.open_db()?;
+    let keep = db.referenced_keys(keep_last)?;
+    store.gc(&keep, &db.last_run_keys()?, dry_run)
 }
 
 /// The store a command uses: the pipeline's, the one named, or the default.

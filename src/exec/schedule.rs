@@ -346,6 +346,7 @@ fn run_one(
             out_dir: staging.out_dir(),
             inputs,
             pipeline_dir: dir,
+            work_dir: store.work_dir(&p.key)?,
             log: staging.log()?,
             cancel,
         };
@@ -368,6 +369,7 @@ fn run_one(
     let outcome = match built {
         Ok(manifest) => match staging.publish(store, manifest) {
             Ok(published) => {
+                store.drop_work_dir(&p.key);
                 let log = store.artifact_dir(&p.key).join("log.txt");
                 Finished::Ran(Box::new(published), elapsed(), log)
             }

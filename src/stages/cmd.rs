@@ -92,6 +92,7 @@ impl Stage for CmdStage {
             .arg(&self.params.cmd)
             .current_dir(ctx.pipeline_dir)
             .env("XTR_OUT", &ctx.out_dir)
+            .env("XTR_WORK", &ctx.work_dir)
             .env("XTR_STAGE", ctx.stage)
             .env("XTR_PARAMS", serde_json::to_string(&self.params.params)?)
             .stdin(Stdio::null())

@@ -29,6 +29,9 @@ pub struct StageContext<'a> {
     pub inputs: Inputs,
     /// Relative paths in params resolve against this.
     pub pipeline_dir: &'a Path,
+    /// Survives an interrupted attempt at this key (checkpoints go here, so the
+    /// next attempt resumes); removed once the artifact is published.
+    pub work_dir: PathBuf,
     /// The stage's log; what it writes here is kept with the artifact.
     pub log: File,
     /// Set on Ctrl-C / SIGTERM: stop promptly and return [`Cancelled`].

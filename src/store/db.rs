@@ -243,6 +243,17 @@ impl Db {
             .optional()?)
     }
 
+    /// Keys of every stage (whatever its status) of each pipeline's latest run:
+    /// the attempts a next run may resume.
+    pub fn last_run_keys(&self) -> Result<std::collections::HashSet<String>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT DISTINCT s.key FROM run_stages s WHERE s.run_id IN (
+               SELECT MAX(id) FROM runs GROUP BY pipeline)",
+        )?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Keys referenced by runs: every recorded run, or only each pipeline's last `keep_last`.
     pub fn referenced_keys(
         &self,

@@ -81,7 +81,7 @@ pub struct Store {
 impl Store {
     /// Open (creating if needed) a store rooted at `root`.
     pub fn open(root: &Path) -> Result<Store> {
-        for sub in [".tmp", ".quarantine", ".locks", ".logs"] {
+        for sub in [".tmp", ".quarantine", ".locks", ".logs", ".work"] {
             std::fs::create_dir_all(root.join(sub)).with_context(|| {
                 format!("cannot create the artifact store at {}", root.display())
             })?;
@@ -272,9 +272,30 @@ impl Store {
         })
     }
 
-    /// Delete every artifact whose key is not in `keep`, plus leftovers in
-    /// `.tmp/` and `.quarantine/`. Fails rather than waits if a run holds the store.
-    pub fn gc(&self, keep: &std::collections::HashSet<String>, dry_run: bool) -> Result<GcReport> {
+    /// A stage's working directory for `key` (checkpoints): kept across
+    /// interrupted attempts at that key so the next one resumes, removed once
+    /// the artifact is published. Created on demand.
+    pub fn work_dir(&self, key: &ArtifactKey) -> Result<PathBuf> {
+        let dir = self.root.join(".work").join(key.as_str());
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create the working directory {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// Drop `key`'s working directory (best effort: it only holds checkpoints).
+    pub fn drop_work_dir(&self, key: &ArtifactKey) {
+        let _ = std::fs::remove_dir_all(self.root.join(".work").join(key.as_str()));
+    }
+
+    /// Delete every artifact whose key is not in `keep`, every working directory
+    /// whose key is not in `resumable`, and leftovers in `.tmp/` and
+    /// `.quarantine/`. Fails rather than waits if a run holds the store.
+    pub fn gc(
+        &self,
+        keep: &std::collections::HashSet<String>,
+        resumable: &std::collections::HashSet<String>,
+        dry_run: bool,
+    ) -> Result<GcReport> {
         let lock = self.store_lock_file()?;
         match lock.try_lock() {
             Ok(()) => {}
@@ -307,6 +328,20 @@ impl Store {
                 report.kept += 1;
             }
         }
+        // Created lazily: an older store may not have `.work/`.
+        if let Ok(entries) = std::fs::read_dir(self.root.join(".work")) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if resumable.contains(&name) {
+                    continue;
+                }
+                report.bytes += dir_size(&entry.path());
+                report.work_dirs += 1;
+                if !dry_run {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
         for sub in [".tmp", ".quarantine"] {
             for entry in std::fs::read_dir(self.root.join(sub))?.flatten() {
                 report.bytes += dir_size(&entry.path());
@@ -327,6 +362,8 @@ pub struct GcReport {
     pub removed: Vec<String>,
     pub kept: usize,
     pub leftovers: usize,
+    /// Working directories of attempts no pipeline's last run can resume.
+    pub work_dirs: usize,
     pub bytes: u64,
 }
 
