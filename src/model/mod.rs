@@ -20,6 +20,7 @@ pub mod head;
 pub mod layers;
 pub mod lora;
 pub mod random;
+pub mod resolve;
 pub mod t5;
 pub mod weights;
 
