@@ -19,6 +19,7 @@ pub mod capacity;
 pub mod head;
 pub mod layers;
 pub mod lora;
+pub mod merge;
 pub mod random;
 pub mod resolve;
 pub mod t5;
