@@ -65,6 +65,9 @@ pub struct TrainConfig {
     pub eval_batches: usize,
     /// The encoder's own dropout while training (e.g. T5's 0.1).
     pub dropout: bool,
+    /// Trace the step once per batch shape and replay it as fused graphs
+    /// (faster, most of all on a GPU); false runs it op by op.
+    pub compile: bool,
     pub lora: LoraConfig,
     pub loss: LossConfig,
 }
@@ -89,6 +92,7 @@ impl Default for TrainConfig {
             eval_every: 1000,
             eval_batches: 50,
             dropout: true,
+            compile: true,
             lora: LoraConfig::default(),
             loss: LossConfig::default(),
         }
@@ -265,7 +269,7 @@ pub fn train(
             ..AdamWConfig::default()
         },
         train_dropout: cfg.dropout,
-        compile: false,
+        compile: cfg.compile,
         seed: cfg.seed,
     };
     let mut trainer = Trainer::new(loaded, step_cfg)?;

@@ -54,6 +54,8 @@ pub struct Trainer {
     cfg: StepConfig,
     key: Array,
     compiled: Option<Compiled>,
+    /// The compiled pieces of [`Trainer::accumulate_step`] (when compiling).
+    accum: Option<AccumFns>,
     pub steps: u64,
 }
 
@@ -113,10 +115,13 @@ impl Trainer {
         let params = lora_params(&model.encoder);
         let opt = AdamW::new(cfg.adamw, &params)?;
         let model = Rc::new(RefCell::new(model));
-        let compiled = if cfg.compile {
-            Some(compile_step(Rc::clone(&model), &cfg, params.len())?)
+        let (compiled, accum) = if cfg.compile {
+            (
+                Some(compile_step(Rc::clone(&model), &cfg, params.len())?),
+                Some(compile_accum(Rc::clone(&model), &cfg, &params)?),
+            )
         } else {
-            None
+            (None, None)
         };
         Ok(Trainer {
             model,
@@ -125,6 +130,7 @@ impl Trainer {
             cfg,
             key,
             compiled,
+            accum,
             steps: 0,
         })
     }
@@ -297,6 +303,11 @@ impl Trainer {
         clip: Option<f32>,
     ) -> Result<UpdateStats> {
         anyhow::ensure!(!micro.is_empty(), "no micro-batches to train on");
+        if let Some(fns) = self.accum.take() {
+            let stats = self.accumulate_compiled(&fns, micro, lr, clip);
+            self.accum = Some(fns);
+            return stats;
+        }
         let mut sum: Option<Vec<Array>> = None;
         let (mut loss_sum, mut samples) = (0.0f64, 0usize);
         for batch in micro {
@@ -340,6 +351,88 @@ impl Trainer {
         }
         self.params = self.opt.update(&self.params, &grads, lr)?;
         mlx::eval(self.params.iter().chain(self.opt.state()))?;
+        set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
+        self.steps += 1;
+        Ok(UpdateStats {
+            loss: (loss_sum / micro.len() as f64) as f32,
+            grad_norm,
+            samples,
+        })
+    }
+
+    /// [`Trainer::accumulate_step`] through three compiled graphs: loss and
+    /// gradients added to a running sum (once per micro-batch), the norm of the
+    /// mean, and the scaled AdamW update.
+    fn accumulate_compiled(
+        &mut self,
+        fns: &AccumFns,
+        micro: &[Batch],
+        lr: f32,
+        clip: Option<f32>,
+    ) -> Result<UpdateStats> {
+        let n = self.params.len();
+        let mut sum = fns.zeros.clone();
+        let (mut loss_sum, mut samples) = (0.0f64, 0usize);
+        for batch in micro {
+            let (dropout_key, next) = random::split2(&self.key)?;
+            self.key = next;
+            let mut inputs: Vec<Array> = self.params.iter().chain(&sum).cloned().collect();
+            inputs.extend([
+                batch.query_ids.clone(),
+                batch.query_mask.clone(),
+                batch.doc_ids.clone(),
+                batch.doc_mask.clone(),
+                dropout_key,
+            ]);
+            let out = fns
+                .grads
+                .call(&inputs)
+                .context("compiled forward/backward")?;
+            anyhow::ensure!(
+                out.len() == 1 + n,
+                "compiled gradients returned {} arrays",
+                out.len()
+            );
+            mlx::eval(&out)?;
+            let mut out = out.into_iter();
+            let loss = out.next().context("the loss")?.item::<f32>()?;
+            anyhow::ensure!(loss.is_finite(), "the loss is {loss}");
+            loss_sum += f64::from(loss);
+            samples += batch.query_ids.dim(0).unwrap_or(0) as usize;
+            sum = out.collect();
+        }
+        let inv_n = 1.0 / micro.len() as f32;
+        let mut norm_in = sum.clone();
+        norm_in.push(Array::from_f32(inv_n));
+        let grad_norm = fns
+            .norm
+            .call(&norm_in)?
+            .first()
+            .context("the gradient norm")?
+            .item::<f32>()?;
+        anyhow::ensure!(grad_norm.is_finite(), "the gradient norm is {grad_norm}");
+        let coef = clip.map_or(1.0, |max| (max / (grad_norm + 1e-6)).min(1.0));
+        let mut inputs: Vec<Array> = self
+            .params
+            .iter()
+            .chain(&sum)
+            .chain(&self.opt.m)
+            .chain(&self.opt.v)
+            .cloned()
+            .collect();
+        inputs.push(Array::from_f32(inv_n * coef));
+        inputs.extend(self.opt.next_scalars(lr));
+        let out = fns.update.call(&inputs).context("compiled AdamW update")?;
+        anyhow::ensure!(
+            out.len() == 3 * n,
+            "compiled update returned {} arrays",
+            out.len()
+        );
+        mlx::eval(&out)?;
+        let mut out = out.into_iter();
+        self.params = out.by_ref().take(n).collect();
+        self.opt.m = out.by_ref().take(n).collect();
+        self.opt.v = out.collect();
         set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
         self.steps += 1;
         Ok(UpdateStats {
@@ -436,6 +529,89 @@ fn global_norm(arrays: &[Array]) -> Result<f32> {
     Ok(match total {
         Some(t) => ops::sqrt(t)?.item::<f32>()?,
         None => 0.0,
+    })
+}
+
+/// The compiled pieces of an accumulated update, and zero gradients to start a sum.
+struct AccumFns {
+    /// `[params.., sum.., q_ids, q_mask, d_ids, d_mask, dropout_key]` -> `[loss, sum + grads..]`.
+    grads: Compiled,
+    /// `[sum.., scale]` -> `[global L2 norm of scale * sum]`.
+    norm: Compiled,
+    /// `[params.., sum.., m.., v.., scale, decay, step_size, bias2]` -> `[params.., m.., v..]`,
+    /// AdamW on the gradient `scale * sum`.
+    update: Compiled,
+    zeros: Vec<Array>,
+}
+
+fn compile_accum(
+    model: Rc<RefCell<MultiVectorModel>>,
+    cfg: &StepConfig,
+    params: &[Array],
+) -> Result<AccumFns> {
+    let n = params.len();
+    let (loss_cfg, adamw, dropout) = (cfg.loss, cfg.adamw, cfg.train_dropout);
+    let arity = |what: &str, got: usize, want: usize| -> mlx::Result<()> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(mlx::Exception::new(format!(
+                "compiled {what}: {got} inputs, expected {want}"
+            )))
+        }
+    };
+    let grads = move |inputs: &[Array]| -> mlx::Result<Vec<Array>> {
+        arity("gradients", inputs.len(), 2 * n + 5)?;
+        let (params, rest) = inputs.split_at(n);
+        let (sum, rest) = rest.split_at(n);
+        let batch = [&rest[0], &rest[1], &rest[2], &rest[3]];
+        let key = dropout.then_some(&rest[4]);
+        let (loss, grads) = loss_and_grads(&model, params, batch, key, &loss_cfg)?;
+        let mut out = vec![loss];
+        for (s, g) in sum.iter().zip(&grads) {
+            out.push(ops::add(s, g)?);
+        }
+        Ok(out)
+    };
+    let norm = move |inputs: &[Array]| -> mlx::Result<Vec<Array>> {
+        arity("norm", inputs.len(), n + 1)?;
+        let scale = &inputs[n];
+        let mut total: Option<Array> = None;
+        for s in &inputs[..n] {
+            let sq = ops::sum(ops::square(ops::multiply(s, scale)?)?, false)?;
+            total = Some(match total {
+                None => sq,
+                Some(t) => ops::add(t, sq)?,
+            });
+        }
+        Ok(vec![ops::sqrt(
+            total.unwrap_or_else(|| Array::from_f32(0.0)),
+        )?])
+    };
+    let update = move |inputs: &[Array]| -> mlx::Result<Vec<Array>> {
+        arity("update", inputs.len(), 4 * n + 4)?;
+        let (params, rest) = inputs.split_at(n);
+        let (sum, rest) = rest.split_at(n);
+        let (m, rest) = rest.split_at(n);
+        let (v, rest) = rest.split_at(n);
+        let grads = sum
+            .iter()
+            .map(|s| ops::multiply(s, &rest[0]))
+            .collect::<mlx::Result<Vec<_>>>()?;
+        let scalars = [rest[1].clone(), rest[2].clone(), rest[3].clone()];
+        let (p, m, v) = optim::apply(&adamw, params, &grads, m, v, &scalars)?;
+        Ok(p.into_iter().chain(m).chain(v).collect())
+    };
+    let zeros = params
+        .iter()
+        .map(|p| ops::zeros_dtype(p.shape(), p.dtype()))
+        .collect::<mlx::Result<Vec<_>>>()?;
+    mlx::eval(&zeros)?;
+    Ok(AccumFns {
+        grads: mlx::compile(grads, false)?,
+        norm: mlx::compile(norm, false)?,
+        update: mlx::compile(update, false)?,
+        zeros,
     })
 }
 
@@ -611,6 +787,36 @@ mod tests {
             &adamw_from(&start, &scaled, 5e-3),
         );
         assert!(d < 1e-7, "clipped update differs by {d}");
+    }
+
+    #[test]
+    fn compiled_accumulation_matches_eager() {
+        let (mut eager, mut compiled) = (trainer(false), trainer(true));
+        for clip in [None, Some(0.05), Some(1e3)] {
+            let (e, c) = (
+                eager
+                    .accumulate_step(&[batch(), other_batch()], 1e-2, clip)
+                    .unwrap(),
+                compiled
+                    .accumulate_step(&[batch(), other_batch()], 1e-2, clip)
+                    .unwrap(),
+            );
+            assert!((e.loss - c.loss).abs() < 1e-5, "{e:?} vs {c:?}");
+            assert!(
+                (e.grad_norm - c.grad_norm).abs() < 1e-4 * e.grad_norm,
+                "{e:?} vs {c:?}"
+            );
+        }
+        let d = max_diff(
+            &host(&eager.state().params),
+            &host(&compiled.state().params),
+        );
+        assert!(d < 1e-5, "params differ by {d}");
+        let d = max_diff(
+            &host(&lora_params(&eager.model().encoder)),
+            &host(&lora_params(&compiled.model().encoder)),
+        );
+        assert!(d < 1e-5, "the model's adapters differ by {d}");
     }
 
     #[test]

@@ -160,9 +160,21 @@ fn adapters(s: &Setup, name: &str) -> HashMap<String, Vec<u8>> {
 
 #[test]
 fn an_interrupted_and_a_killed_run_resume_to_bit_identical_adapters() {
+    resume_to_bit_identical_adapters(false);
+}
+
+#[test]
+fn compiled_runs_resume_to_bit_identical_adapters_too() {
+    resume_to_bit_identical_adapters(true);
+}
+
+fn resume_to_bit_identical_adapters(compile: bool) {
     // 24 pairs, batches of 4: 6 per epoch, 2 epochs, 2 per update: 6 updates.
     let s = setup(24, 8);
-    let cfg = config();
+    let cfg = TrainConfig {
+        compile,
+        ..config()
+    };
     let whole = run(&s, &cfg, "whole", &CancelToken::new(), &mut |_| {}).unwrap();
     assert_eq!(whole.steps, 6);
     assert_eq!(whole.resumed_from, None);
