@@ -125,8 +125,12 @@ impl From<Linear> for LinearLayer {
     }
 }
 
-/// Which projections LoRA wraps (the same names for T5 and BERT).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Which projections LoRA wraps (the same names for T5 and BERT; in configs
+/// lowercase: `q`, `k`, `v`, `o`, `ffn`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum LoraTarget {
     /// Attention query (`q` / `query`).
     Q,
@@ -167,8 +171,9 @@ impl fmt::Display for LoraTarget {
     }
 }
 
-/// How to wrap an encoder.
-#[derive(Debug, Clone, PartialEq)]
+/// How to wrap an encoder (a train config's `lora = { r, alpha, dropout, targets }`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LoraConfig {
     pub r: i32,
     pub alpha: f32,

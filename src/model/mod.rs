@@ -19,7 +19,9 @@ pub mod capacity;
 pub mod head;
 pub mod layers;
 pub mod lora;
+pub mod merge;
 pub mod random;
+pub mod resolve;
 pub mod t5;
 pub mod weights;
 

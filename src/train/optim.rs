@@ -76,6 +76,16 @@ impl AdamW {
         Ok(p)
     }
 
+    /// Updates made so far (the `t` of the bias correction).
+    pub fn step_count(&self) -> i32 {
+        self.step
+    }
+
+    /// Continue from a saved state that had made `step` updates.
+    pub fn set_step_count(&mut self, step: i32) {
+        self.step = step;
+    }
+
     /// The optimizer state, to evaluate together with the parameters.
     pub fn state(&self) -> impl Iterator<Item = &Array> {
         self.m.iter().chain(&self.v)

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 
 use super::loss::{retrieval_loss, LossConfig};
 use super::optim::{self, AdamW, AdamWConfig};
-use crate::mlx::{self, random, value_and_grad, Array, Compiled};
+use crate::mlx::{self, ops, random, value_and_grad, Array, Compiled};
 use crate::model::lora::{apply_lora, lora_params, set_lora_params};
 use crate::model::{Ctx, LoraConfig, MultiVectorModel};
 
@@ -54,6 +54,8 @@ pub struct Trainer {
     cfg: StepConfig,
     key: Array,
     compiled: Option<Compiled>,
+    /// The compiled pieces of [`Trainer::accumulate_step`] (when compiling).
+    accum: Option<AccumFns>,
     pub steps: u64,
 }
 
@@ -113,10 +115,13 @@ impl Trainer {
         let params = lora_params(&model.encoder);
         let opt = AdamW::new(cfg.adamw, &params)?;
         let model = Rc::new(RefCell::new(model));
-        let compiled = if cfg.compile {
-            Some(compile_step(Rc::clone(&model), &cfg, params.len())?)
+        let (compiled, accum) = if cfg.compile {
+            (
+                Some(compile_step(Rc::clone(&model), &cfg, params.len())?),
+                Some(compile_accum(Rc::clone(&model), &cfg, &params)?),
+            )
         } else {
-            None
+            (None, None)
         };
         Ok(Trainer {
             model,
@@ -125,6 +130,7 @@ impl Trainer {
             cfg,
             key,
             compiled,
+            accum,
             steps: 0,
         })
     }
@@ -139,8 +145,18 @@ impl Trainer {
         self.model.borrow()
     }
 
-    /// One step; returns the loss (evaluated).
+    /// One step at the configured learning rate; returns the loss (evaluated).
     pub fn step(&mut self, batch: &Batch, phases: Option<&mut PhaseTimes>) -> Result<f32> {
+        self.step_with_lr(batch, self.cfg.adamw.lr, phases)
+    }
+
+    /// One step at learning rate `lr` (a schedule's value for this step).
+    pub fn step_with_lr(
+        &mut self,
+        batch: &Batch,
+        lr: f32,
+        phases: Option<&mut PhaseTimes>,
+    ) -> Result<f32> {
         let (dropout_key, next) = random::split2(&self.key)?;
         self.key = next;
         let inputs = [
@@ -151,11 +167,11 @@ impl Trainer {
         ];
         let loss = match self.compiled.take() {
             Some(f) => {
-                let loss = self.step_compiled(&f, inputs, dropout_key);
+                let loss = self.step_compiled(&f, inputs, dropout_key, lr);
                 self.compiled = Some(f);
                 loss?
             }
-            None => self.step_eager(inputs, dropout_key, phases)?,
+            None => self.step_eager(inputs, dropout_key, lr, phases)?,
         };
         set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
         self.steps += 1;
@@ -166,6 +182,7 @@ impl Trainer {
         &mut self,
         batch: [&Array; 4],
         dropout_key: Array,
+        lr: f32,
         phases: Option<&mut PhaseTimes>,
     ) -> Result<Array> {
         let start = Instant::now();
@@ -178,7 +195,7 @@ impl Trainer {
             p.forward_backward += start.elapsed().as_secs_f64();
         }
         let opt_start = Instant::now();
-        self.params = self.opt.update(&self.params, &grads, self.cfg.adamw.lr)?;
+        self.params = self.opt.update(&self.params, &grads, lr)?;
         mlx::eval(self.params.iter().chain(self.opt.state()).chain([&loss]))?;
         if let Some(p) = phases {
             p.optimizer += opt_start.elapsed().as_secs_f64();
@@ -191,6 +208,7 @@ impl Trainer {
         f: &Compiled,
         batch: [&Array; 4],
         dropout_key: Array,
+        lr: f32,
     ) -> Result<Array> {
         let n = self.params.len();
         let mut inputs: Vec<Array> = self
@@ -202,7 +220,7 @@ impl Trainer {
             .collect();
         inputs.extend(batch.into_iter().cloned());
         inputs.push(dropout_key);
-        inputs.extend(self.opt.next_scalars(self.cfg.adamw.lr));
+        inputs.extend(self.opt.next_scalars(lr));
         let out = f.call(&inputs).context("compiled train step")?;
         anyhow::ensure!(
             out.len() == 1 + 3 * n,
@@ -217,6 +235,384 @@ impl Trainer {
         self.opt.v = out.collect();
         Ok(loss)
     }
+}
+
+/// What one optimizer update over accumulated micro-batches did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UpdateStats {
+    /// Mean loss over the micro-batches.
+    pub loss: f32,
+    /// Global L2 norm of the averaged gradient, before clipping.
+    pub grad_norm: f32,
+    /// Query-document pairs seen.
+    pub samples: usize,
+}
+
+/// Loss and in-batch accuracy on a batch, dropout off, no update.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalStats {
+    pub loss: f32,
+    /// Queries whose highest-scoring document is their own.
+    pub correct: usize,
+    pub queries: usize,
+}
+
+/// The trainer's state that a checkpoint must hold to continue bit-identically.
+pub struct TrainerState {
+    pub params: Vec<Array>,
+    pub adam_m: Vec<Array>,
+    pub adam_v: Vec<Array>,
+    /// Updates AdamW has made (its bias correction).
+    pub adam_step: i32,
+    /// The PRNG key the next dropout masks are drawn from.
+    pub key: Array,
+    pub steps: u64,
+}
+
+impl Trainer {
+    /// Loss and LoRA gradients on `batch` at the current parameters, with the
+    /// next dropout key (when dropout is on); evaluated.
+    pub fn gradients(&mut self, batch: &Batch) -> Result<(f32, Vec<Array>)> {
+        let (dropout_key, next) = random::split2(&self.key)?;
+        self.key = next;
+        let key = self.cfg.train_dropout.then_some(&dropout_key);
+        let inputs = [
+            &batch.query_ids,
+            &batch.query_mask,
+            &batch.doc_ids,
+            &batch.doc_mask,
+        ];
+        let (loss, grads) = loss_and_grads(&self.model, &self.params, inputs, key, &self.cfg.loss)
+            .context("forward/backward")?;
+        set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
+        mlx::eval(grads.iter().chain([&loss]))?;
+        Ok((loss.item::<f32>()?, grads))
+    }
+
+    /// One AdamW update at rate `lr` from the mean gradient of `micro`
+    /// batches, each its own group of in-batch negatives (so the result is the
+    /// mean of per-micro-batch gradients, not the gradient of one big batch).
+    /// With `clip`, the mean gradient is scaled to a global norm of at most
+    /// `clip` (PyTorch's `clip_grad_norm_`). A non-finite loss or gradient
+    /// stops before the update, leaving the parameters as they were. One
+    /// micro-batch and no clipping is exactly [`Trainer::step_with_lr`] (eager).
+    pub fn accumulate_step(
+        &mut self,
+        micro: &[Batch],
+        lr: f32,
+        clip: Option<f32>,
+    ) -> Result<UpdateStats> {
+        anyhow::ensure!(!micro.is_empty(), "no micro-batches to train on");
+        if let Some(fns) = self.accum.take() {
+            let stats = self.accumulate_compiled(&fns, micro, lr, clip);
+            self.accum = Some(fns);
+            return stats;
+        }
+        let mut sum: Option<Vec<Array>> = None;
+        let (mut loss_sum, mut samples) = (0.0f64, 0usize);
+        for batch in micro {
+            let (loss, grads) = self.gradients(batch)?;
+            anyhow::ensure!(loss.is_finite(), "the loss is {loss}");
+            loss_sum += f64::from(loss);
+            samples += batch.query_ids.dim(0).unwrap_or(0) as usize;
+            sum = Some(match sum {
+                None => grads,
+                Some(acc) => {
+                    let acc = acc
+                        .iter()
+                        .zip(&grads)
+                        .map(|(a, g)| a.add(g))
+                        .collect::<mlx::Result<Vec<_>>>()?;
+                    // Bound the graph (and memory) to one micro-batch.
+                    mlx::eval(&acc)?;
+                    acc
+                }
+            });
+        }
+        let mut grads = sum.context("no gradients")?;
+        if micro.len() > 1 {
+            let n = Array::from_f32(micro.len() as f32);
+            grads = grads
+                .iter()
+                .map(|g| g.divide(&n))
+                .collect::<mlx::Result<Vec<_>>>()?;
+        }
+        let grad_norm = global_norm(&grads)?;
+        anyhow::ensure!(grad_norm.is_finite(), "the gradient norm is {grad_norm}");
+        if let Some(max) = clip {
+            let coef = max / (grad_norm + 1e-6);
+            if coef < 1.0 {
+                let coef = Array::from_f32(coef);
+                grads = grads
+                    .iter()
+                    .map(|g| g.multiply(&coef))
+                    .collect::<mlx::Result<Vec<_>>>()?;
+            }
+        }
+        self.params = self.opt.update(&self.params, &grads, lr)?;
+        mlx::eval(self.params.iter().chain(self.opt.state()))?;
+        set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
+        self.steps += 1;
+        Ok(UpdateStats {
+            loss: (loss_sum / micro.len() as f64) as f32,
+            grad_norm,
+            samples,
+        })
+    }
+
+    /// [`Trainer::accumulate_step`] through three compiled graphs: loss and
+    /// gradients added to a running sum (once per micro-batch), the norm of the
+    /// mean, and the scaled AdamW update.
+    fn accumulate_compiled(
+        &mut self,
+        fns: &AccumFns,
+        micro: &[Batch],
+        lr: f32,
+        clip: Option<f32>,
+    ) -> Result<UpdateStats> {
+        let n = self.params.len();
+        let mut sum = fns.zeros.clone();
+        let (mut loss_sum, mut samples) = (0.0f64, 0usize);
+        for batch in micro {
+            let (dropout_key, next) = random::split2(&self.key)?;
+            self.key = next;
+            let mut inputs: Vec<Array> = self.params.iter().chain(&sum).cloned().collect();
+            inputs.extend([
+                batch.query_ids.clone(),
+                batch.query_mask.clone(),
+                batch.doc_ids.clone(),
+                batch.doc_mask.clone(),
+                dropout_key,
+            ]);
+            let out = fns
+                .grads
+                .call(&inputs)
+                .context("compiled forward/backward")?;
+            anyhow::ensure!(
+                out.len() == 1 + n,
+                "compiled gradients returned {} arrays",
+                out.len()
+            );
+            mlx::eval(&out)?;
+            let mut out = out.into_iter();
+            let loss = out.next().context("the loss")?.item::<f32>()?;
+            anyhow::ensure!(loss.is_finite(), "the loss is {loss}");
+            loss_sum += f64::from(loss);
+            samples += batch.query_ids.dim(0).unwrap_or(0) as usize;
+            sum = out.collect();
+        }
+        let inv_n = 1.0 / micro.len() as f32;
+        let mut norm_in = sum.clone();
+        norm_in.push(Array::from_f32(inv_n));
+        let grad_norm = fns
+            .norm
+            .call(&norm_in)?
+            .first()
+            .context("the gradient norm")?
+            .item::<f32>()?;
+        anyhow::ensure!(grad_norm.is_finite(), "the gradient norm is {grad_norm}");
+        let coef = clip.map_or(1.0, |max| (max / (grad_norm + 1e-6)).min(1.0));
+        let mut inputs: Vec<Array> = self
+            .params
+            .iter()
+            .chain(&sum)
+            .chain(&self.opt.m)
+            .chain(&self.opt.v)
+            .cloned()
+            .collect();
+        inputs.push(Array::from_f32(inv_n * coef));
+        inputs.extend(self.opt.next_scalars(lr));
+        let out = fns.update.call(&inputs).context("compiled AdamW update")?;
+        anyhow::ensure!(
+            out.len() == 3 * n,
+            "compiled update returned {} arrays",
+            out.len()
+        );
+        mlx::eval(&out)?;
+        let mut out = out.into_iter();
+        self.params = out.by_ref().take(n).collect();
+        self.opt.m = out.by_ref().take(n).collect();
+        self.opt.v = out.collect();
+        set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
+        self.steps += 1;
+        Ok(UpdateStats {
+            loss: (loss_sum / micro.len() as f64) as f32,
+            grad_norm,
+            samples,
+        })
+    }
+
+    /// Loss and in-batch accuracy on `batch` (dropout off, parameters unchanged).
+    pub fn evaluate(&self, batch: &Batch) -> Result<EvalStats> {
+        let model = self.model.borrow();
+        let q = model.forward(&batch.query_ids, &batch.query_mask)?;
+        let d = model.forward(&batch.doc_ids, &batch.doc_mask)?;
+        let (loss, scores) = retrieval_loss(
+            &q.embeddings,
+            &q.mask,
+            &d.embeddings,
+            &d.mask,
+            &self.cfg.loss,
+        )?;
+        let best = scores.argmax_axis(1, false)?.as_dtype(mlx::Dtype::Int32)?;
+        mlx::eval([&loss, &best])?;
+        let best = best.to_vec::<i32>()?;
+        let correct = best
+            .iter()
+            .enumerate()
+            .filter(|(i, &b)| usize::try_from(b).ok() == Some(*i))
+            .count();
+        Ok(EvalStats {
+            loss: loss.item::<f32>()?,
+            correct,
+            queries: best.len(),
+        })
+    }
+
+    /// A copy of everything that determines the next steps.
+    pub fn state(&self) -> TrainerState {
+        TrainerState {
+            params: self.params.clone(),
+            adam_m: self.opt.m.clone(),
+            adam_v: self.opt.v.clone(),
+            adam_step: self.opt.step_count(),
+            key: self.key.clone(),
+            steps: self.steps,
+        }
+    }
+
+    /// Puts a saved state back (shapes checked against the current adapters).
+    pub fn restore(&mut self, state: TrainerState) -> Result<()> {
+        let n = self.params.len();
+        anyhow::ensure!(
+            state.params.len() == n && state.adam_m.len() == n && state.adam_v.len() == n,
+            "the saved state holds {} / {} / {} arrays, the adapters {n}",
+            state.params.len(),
+            state.adam_m.len(),
+            state.adam_v.len()
+        );
+        for (i, ((p, m), v)) in state
+            .params
+            .iter()
+            .zip(&state.adam_m)
+            .zip(&state.adam_v)
+            .enumerate()
+        {
+            let want = self.params[i].shape();
+            anyhow::ensure!(
+                p.shape() == want && m.shape() == want && v.shape() == want,
+                "saved array {i} has shape {:?}, the adapter {want:?}",
+                p.shape()
+            );
+        }
+        set_lora_params(&mut self.model.borrow_mut().encoder, &state.params)?;
+        self.params = state.params;
+        self.opt.m = state.adam_m;
+        self.opt.v = state.adam_v;
+        self.opt.set_step_count(state.adam_step);
+        self.key = state.key;
+        self.steps = state.steps;
+        Ok(())
+    }
+}
+
+/// `sqrt(sum of squares)` over all arrays, on the host.
+fn global_norm(arrays: &[Array]) -> Result<f32> {
+    let mut total: Option<Array> = None;
+    for a in arrays {
+        let s = ops::sum(ops::square(a.as_dtype(mlx::Dtype::Float32)?)?, false)?;
+        total = Some(match total {
+            None => s,
+            Some(t) => t.add(s)?,
+        });
+    }
+    Ok(match total {
+        Some(t) => ops::sqrt(t)?.item::<f32>()?,
+        None => 0.0,
+    })
+}
+
+/// The compiled pieces of an accumulated update, and zero gradients to start a sum.
+struct AccumFns {
+    /// `[params.., sum.., q_ids, q_mask, d_ids, d_mask, dropout_key]` -> `[loss, sum + grads..]`.
+    grads: Compiled,
+    /// `[sum.., scale]` -> `[global L2 norm of scale * sum]`.
+    norm: Compiled,
+    /// `[params.., sum.., m.., v.., scale, decay, step_size, bias2]` -> `[params.., m.., v..]`,
+    /// AdamW on the gradient `scale * sum`.
+    update: Compiled,
+    zeros: Vec<Array>,
+}
+
+fn compile_accum(
+    model: Rc<RefCell<MultiVectorModel>>,
+    cfg: &StepConfig,
+    params: &[Array],
+) -> Result<AccumFns> {
+    let n = params.len();
+    let (loss_cfg, adamw, dropout) = (cfg.loss, cfg.adamw, cfg.train_dropout);
+    let arity = |what: &str, got: usize, want: usize| -> mlx::Result<()> {
+        if got == want {
+            Ok(())
+        } else {
+            Err(mlx::Exception::new(format!(
+                "compiled {what}: {got} inputs, expected {want}"
+            )))
+        }
+    };
+    let grads = move |inputs: &[Array]| -> mlx::Result<Vec<Array>> {
+        arity("gradients", inputs.len(), 2 * n + 5)?;
+        let (params, rest) = inputs.split_at(n);
+        let (sum, rest) = rest.split_at(n);
+        let batch = [&rest[0], &rest[1], &rest[2], &rest[3]];
+        let key = dropout.then_some(&rest[4]);
+        let (loss, grads) = loss_and_grads(&model, params, batch, key, &loss_cfg)?;
+        let mut out = vec![loss];
+        for (s, g) in sum.iter().zip(&grads) {
+            out.push(ops::add(s, g)?);
+        }
+        Ok(out)
+    };
+    let norm = move |inputs: &[Array]| -> mlx::Result<Vec<Array>> {
+        arity("norm", inputs.len(), n + 1)?;
+        let scale = &inputs[n];
+        let mut total: Option<Array> = None;
+        for s in &inputs[..n] {
+            let sq = ops::sum(ops::square(ops::multiply(s, scale)?)?, false)?;
+            total = Some(match total {
+                None => sq,
+                Some(t) => ops::add(t, sq)?,
+            });
+        }
+        Ok(vec![ops::sqrt(
+            total.unwrap_or_else(|| Array::from_f32(0.0)),
+        )?])
+    };
+    let update = move |inputs: &[Array]| -> mlx::Result<Vec<Array>> {
+        arity("update", inputs.len(), 4 * n + 4)?;
+        let (params, rest) = inputs.split_at(n);
+        let (sum, rest) = rest.split_at(n);
+        let (m, rest) = rest.split_at(n);
+        let (v, rest) = rest.split_at(n);
+        let grads = sum
+            .iter()
+            .map(|s| ops::multiply(s, &rest[0]))
+            .collect::<mlx::Result<Vec<_>>>()?;
+        let scalars = [rest[1].clone(), rest[2].clone(), rest[3].clone()];
+        let (p, m, v) = optim::apply(&adamw, params, &grads, m, v, &scalars)?;
+        Ok(p.into_iter().chain(m).chain(v).collect())
+    };
+    let zeros = params
+        .iter()
+        .map(|p| ops::zeros_dtype(p.shape(), p.dtype()))
+        .collect::<mlx::Result<Vec<_>>>()?;
+    mlx::eval(&zeros)?;
+    Ok(AccumFns {
+        grads: mlx::compile(grads, false)?,
+        norm: mlx::compile(norm, false)?,
+        update: mlx::compile(update, false)?,
+        zeros,
+    })
 }
 
 /// The whole step as one compiled function of
@@ -286,6 +682,185 @@ mod tests {
             doc_ids: ids(&[20, 21, 22, 23, 30, 31, 32, 0, 40, 41, 42, 43], 4),
             doc_mask: ids(&[1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 1], 4),
         }
+    }
+
+    fn other_batch() -> Batch {
+        let ids = |v: &[i32], len| Array::from_slice(v, &[3, len]).unwrap();
+        Batch {
+            query_ids: ids(&[50, 51, 52, 60, 61, 0], 2),
+            query_mask: ids(&[1, 1, 1, 1, 1, 0], 2),
+            doc_ids: ids(&[70, 71, 72, 80, 81, 0, 90, 91, 92], 3),
+            doc_mask: ids(&[1, 1, 1, 1, 1, 0, 1, 1, 1], 3),
+        }
+    }
+
+    fn host(arrays: &[Array]) -> Vec<Vec<f32>> {
+        arrays.iter().map(|a| a.to_vec::<f32>().unwrap()).collect()
+    }
+
+    fn max_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+        a.iter()
+            .flatten()
+            .zip(b.iter().flatten())
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn one_micro_batch_without_clipping_is_exactly_todays_step() {
+        let (mut today, mut accum) = (trainer(false), trainer(false));
+        for b in [batch(), other_batch(), batch()] {
+            let want = today.step_with_lr(&b, 3e-3, None).unwrap();
+            let got = accum.accumulate_step(&[b], 3e-3, None).unwrap();
+            assert_eq!(want, got.loss);
+            assert_eq!(got.samples, 3);
+        }
+        assert_eq!(host(&today.state().params), host(&accum.state().params));
+        assert_eq!(
+            host(&today.state().adam_v),
+            host(&accum.state().adam_v),
+            "the optimizer state too"
+        );
+    }
+
+    /// The update AdamW makes from `grads` on a fresh trainer's parameters.
+    fn adamw_from(params: &[Array], grads: &[Array], lr: f32) -> Vec<Vec<f32>> {
+        let cfg = AdamWConfig {
+            lr: 1e-2,
+            ..AdamWConfig::default()
+        };
+        let mut opt = AdamW::new(cfg, params).unwrap();
+        host(&opt.update(params, grads, lr).unwrap())
+    }
+
+    #[test]
+    fn accumulation_averages_the_micro_batch_gradients_and_clips_their_norm() {
+        let (b1, b2) = (batch(), other_batch());
+        let mut reference = trainer(false);
+        let start = reference.state().params;
+        let (l1, g1) = reference.gradients(&b1).unwrap();
+        let (l2, g2) = reference.gradients(&b2).unwrap();
+        let mean: Vec<Array> = g1
+            .iter()
+            .zip(&g2)
+            .map(|(a, b)| a.add(b).unwrap().divide(Array::from_f32(2.0)).unwrap())
+            .collect();
+        let norm = host(&mean)
+            .iter()
+            .flatten()
+            .map(|x| f64::from(*x).powi(2))
+            .sum::<f64>()
+            .sqrt() as f32;
+
+        let mut accum = trainer(false);
+        let stats = accum
+            .accumulate_step(&[batch(), other_batch()], 5e-3, None)
+            .unwrap();
+        assert!((stats.loss - (l1 + l2) / 2.0).abs() < 1e-6, "{stats:?}");
+        assert!(
+            (stats.grad_norm - norm).abs() < 1e-5 * norm,
+            "{stats:?} vs {norm}"
+        );
+        assert_eq!(stats.samples, 6);
+        let d = max_diff(
+            &host(&accum.state().params),
+            &adamw_from(&start, &mean, 5e-3),
+        );
+        assert!(d < 1e-7, "accumulated update differs by {d}");
+
+        // Clipped to a tenth of the norm: the same update from the scaled mean.
+        let clip = norm / 10.0;
+        let scaled: Vec<Array> = mean
+            .iter()
+            .map(|g| g.multiply(Array::from_f32(clip / (norm + 1e-6))).unwrap())
+            .collect();
+        let mut clipped = trainer(false);
+        let stats = clipped
+            .accumulate_step(&[batch(), other_batch()], 5e-3, Some(clip))
+            .unwrap();
+        assert!(
+            (stats.grad_norm - norm).abs() < 1e-5 * norm,
+            "norm before clipping"
+        );
+        let d = max_diff(
+            &host(&clipped.state().params),
+            &adamw_from(&start, &scaled, 5e-3),
+        );
+        assert!(d < 1e-7, "clipped update differs by {d}");
+    }
+
+    #[test]
+    fn compiled_accumulation_matches_eager() {
+        let (mut eager, mut compiled) = (trainer(false), trainer(true));
+        for clip in [None, Some(0.05), Some(1e3)] {
+            let (e, c) = (
+                eager
+                    .accumulate_step(&[batch(), other_batch()], 1e-2, clip)
+                    .unwrap(),
+                compiled
+                    .accumulate_step(&[batch(), other_batch()], 1e-2, clip)
+                    .unwrap(),
+            );
+            assert!((e.loss - c.loss).abs() < 1e-5, "{e:?} vs {c:?}");
+            assert!(
+                (e.grad_norm - c.grad_norm).abs() < 1e-4 * e.grad_norm,
+                "{e:?} vs {c:?}"
+            );
+        }
+        let d = max_diff(
+            &host(&eager.state().params),
+            &host(&compiled.state().params),
+        );
+        assert!(d < 1e-5, "params differ by {d}");
+        let d = max_diff(
+            &host(&lora_params(&eager.model().encoder)),
+            &host(&lora_params(&compiled.model().encoder)),
+        );
+        assert!(d < 1e-5, "the model's adapters differ by {d}");
+    }
+
+    #[test]
+    fn evaluation_gives_the_step_loss_without_changing_anything() {
+        let (mut t, b) = (trainer(false), batch());
+        let before = host(&t.state().params);
+        let eval = t.evaluate(&b).unwrap();
+        assert_eq!(eval.queries, 3);
+        assert!(eval.correct <= 3);
+        assert_eq!(host(&t.state().params), before);
+        let loss = t.step(&b, None).unwrap();
+        assert!((eval.loss - loss).abs() < 1e-6, "{} vs {loss}", eval.loss);
+    }
+
+    #[test]
+    fn a_restored_state_continues_bit_identically() {
+        let mut a = trainer(false);
+        a.accumulate_step(&[batch()], 1e-2, Some(1.0)).unwrap();
+        a.accumulate_step(&[other_batch()], 1e-2, Some(1.0))
+            .unwrap();
+        let saved = a.state();
+        let mut b = trainer(false);
+        b.restore(TrainerState {
+            params: saved
+                .params
+                .iter()
+                .map(|p| Array::from_slice(&p.to_vec::<f32>().unwrap(), p.shape()).unwrap())
+                .collect(),
+            ..saved
+        })
+        .unwrap();
+        assert_eq!(b.steps, 2);
+        let (la, lb) = (
+            a.accumulate_step(&[batch(), other_batch()], 1e-2, Some(1.0))
+                .unwrap(),
+            b.accumulate_step(&[batch(), other_batch()], 1e-2, Some(1.0))
+                .unwrap(),
+        );
+        assert_eq!(la, lb);
+        assert_eq!(host(&a.state().params), host(&b.state().params));
+        assert_eq!(
+            host(&lora_params(&a.model().encoder)),
+            host(&lora_params(&b.model().encoder))
+        );
     }
 
     #[test]

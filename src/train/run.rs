@@ -1,0 +1,661 @@
+//! The training loop a `train` stage runs: LoRA fine-tuning of a multi-vector
+//! model on the train split of a dataset artifact, with gradient accumulation,
+//! a learning-rate schedule, validation on the eval split, and checkpoints.
+//!
+//! Promises: a run stopped at any point (cancelled, killed) and started again
+//! with the same config and working directory continues from its last
+//! checkpoint, and on the CPU ends with adapters bit-identical to a run that
+//! was never stopped. Outputs (see [`train`]): `adapters.safetensors`,
+//! `lora_config.json`, `metrics.parquet`, `train.json`, `metrics.json`.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint::{self, Checkpoint, RunState, StepRecord};
+use super::data::{self, Batcher, DataPosition, TextEncoder, TextPair};
+use super::loss::LossConfig;
+use super::optim::AdamWConfig;
+use super::schedule::{LrSchedule, Schedule};
+use super::step::{Batch, StepConfig, Trainer};
+use crate::cancel::{CancelToken, Cancelled};
+use crate::mlx::{Device, Dtype};
+use crate::model::lora::{save_adapters, LinearLayer};
+use crate::model::resolve::ModelSource;
+use crate::model::LoraConfig;
+
+/// The MLX version the binding is built against (build.rs refuses any other).
+const MLX_VERSION: &str = "0.32.4";
+
+/// A train stage's params. Defaults are the reference run (XTR-base, LoRA r16
+/// / alpha 32 on q and v, batch 12 x 4 accumulated, 3 epochs, lr 2e-5 cosine
+/// with 500 warmup steps, InfoNCE t 0.07 + margin 0.2 weight 0.1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// A directory, a Hugging Face repo id in the local cache, or `t5-base-random`
+    /// (see [`crate::model::resolve`]).
+    pub model: String,
+    /// Pairs per micro-batch (each its own group of in-batch negatives).
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are averaged into one update.
+    pub grad_accum: usize,
+    pub epochs: u64,
+    /// Stop after this many updates (the schedule spans them).
+    pub max_steps: Option<u64>,
+    /// Peak learning rate.
+    pub lr: f32,
+    pub warmup_steps: u64,
+    pub schedule: Schedule,
+    /// Seeds the adapters' init, the data order and dropout.
+    pub seed: u64,
+    pub max_query_tokens: usize,
+    pub max_doc_tokens: usize,
+    /// Clip the gradient to this global L2 norm; 0 turns clipping off.
+    pub grad_clip: f32,
+    pub weight_decay: f32,
+    /// Write a checkpoint every this many updates (and when cancelled).
+    pub checkpoint_every: u64,
+    /// Validate on the eval split every this many updates (and at the end); 0: only at the end.
+    pub eval_every: u64,
+    /// At most this many eval-split batches per validation.
+    pub eval_batches: usize,
+    /// The encoder's own dropout while training (e.g. T5's 0.1).
+    pub dropout: bool,
+    /// Trace the step once per batch shape and replay it as fused graphs
+    /// (faster, most of all on a GPU); false runs it op by op.
+    pub compile: bool,
+    pub lora: LoraConfig,
+    pub loss: LossConfig,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            model: "google/xtr-base-en".to_string(),
+            batch_size: 12,
+            grad_accum: 4,
+            epochs: 3,
+            max_steps: None,
+            lr: 2e-5,
+            warmup_steps: 500,
+            schedule: Schedule::Cosine,
+            seed: 0,
+            max_query_tokens: 32,
+            max_doc_tokens: 128,
+            grad_clip: 1.0,
+            weight_decay: 0.01,
+            checkpoint_every: 1000,
+            eval_every: 1000,
+            eval_batches: 50,
+            dropout: true,
+            compile: true,
+            lora: LoraConfig::default(),
+            loss: LossConfig::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Values no run can use, named.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.batch_size >= 2,
+            "batch_size must be at least 2 (in-batch negatives), got {}",
+            self.batch_size
+        );
+        ensure!(self.grad_accum >= 1, "grad_accum must be at least 1");
+        ensure!(self.epochs >= 1, "epochs must be at least 1");
+        ensure!(self.max_steps != Some(0), "max_steps must be at least 1");
+        ensure!(
+            self.lr.is_finite() && self.lr > 0.0,
+            "lr must be positive, got {}",
+            self.lr
+        );
+        ensure!(
+            self.grad_clip.is_finite() && self.grad_clip >= 0.0,
+            "grad_clip must be 0 (off) or positive"
+        );
+        ensure!(
+            self.checkpoint_every >= 1,
+            "checkpoint_every must be at least 1"
+        );
+        ensure!(
+            self.max_query_tokens >= 1 && self.max_doc_tokens >= 1,
+            "max_query_tokens and max_doc_tokens must be at least 1"
+        );
+        ensure!(self.lora.r >= 1, "lora.r must be at least 1");
+        ensure!(
+            (0.0..1.0).contains(&self.lora.dropout),
+            "lora.dropout must be in [0, 1)"
+        );
+        ensure!(
+            !self.lora.targets.is_empty(),
+            "lora.targets must name at least one projection"
+        );
+        ensure!(
+            self.loss.temperature > 0.0,
+            "loss.temperature must be positive"
+        );
+        Ok(())
+    }
+}
+
+/// Where a run reads and writes.
+pub struct TrainPaths<'a> {
+    /// A dataset artifact's `pairs.parquet`.
+    pub pairs: &'a Path,
+    /// Checkpoints (kept between attempts; the store owns it per key).
+    pub work_dir: &'a Path,
+    /// The artifact's files.
+    pub out_dir: &'a Path,
+}
+
+/// What a finished run did (`train.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub config: TrainConfig,
+    pub model: String,
+    pub dtype: String,
+    pub device: String,
+    pub engine: String,
+    pub train_pairs: usize,
+    pub eval_pairs: usize,
+    /// Pairs whose query or code has no tokens.
+    pub dropped_empty: usize,
+    /// Train pairs whose (truncated) document another pair also has.
+    pub duplicate_docs: usize,
+    pub batches_per_epoch: Vec<usize>,
+    pub steps: u64,
+    pub trainable_params: usize,
+    /// The step the run continued from (None: from scratch).
+    pub resumed_from: Option<u64>,
+    pub final_loss: f32,
+    pub val_loss: Option<f32>,
+    pub val_accuracy: Option<f32>,
+    /// Seconds spent in training steps, over every attempt.
+    pub train_seconds: f64,
+    /// This attempt's wall time, data preparation included.
+    pub wall_seconds: f64,
+    /// Pairs per second of training steps in this attempt.
+    pub samples_per_s: f64,
+}
+
+/// Trains LoRA adapters for `model` (already resolved, loaded in `dtype` on
+/// MLX's default device) on `paths.pairs`. Resumes from the checkpoint in
+/// `paths.work_dir` when one of the same config is there. Logs each step to
+/// `log` and tells `on_step`. Writes into `paths.out_dir`:
+/// `adapters.safetensors` and `lora_config.json` (PEFT names and config),
+/// `metrics.parquet` (one row per step: step, epoch, loss, lr, grad_norm,
+/// samples_per_s, val_loss, val_accuracy), `train.json` (the summary) and
+/// `metrics.json` (headline numbers). A cancelled run writes a checkpoint and
+/// returns [`Cancelled`]; a non-finite loss stops it with an error naming the
+/// step and keeps the last good checkpoint.
+pub fn train(
+    cfg: &TrainConfig,
+    model: &ModelSource,
+    dtype: Dtype,
+    paths: &TrainPaths,
+    cancel: &CancelToken,
+    log: &mut dyn Write,
+    on_step: &mut dyn FnMut(&StepRecord),
+) -> Result<TrainSummary> {
+    let wall = Instant::now();
+    cfg.validate()?;
+    cancel.check()?;
+    let shown = paths.pairs.display();
+    let train_text = data::read_pairs(paths.pairs, "train")?;
+    ensure!(
+        !train_text.is_empty(),
+        "the train split of {shown} is empty: nothing to train on"
+    );
+    let eval_text = data::read_pairs(paths.pairs, "eval")?;
+
+    let (loaded, vocab) = model.load(dtype)?;
+    let encoder = match model {
+        ModelSource::Dir(dir) => {
+            TextEncoder::from_model_dir(dir, cfg.max_query_tokens, cfg.max_doc_tokens)?
+        }
+        ModelSource::RandomT5 => TextEncoder::Hashing {
+            vocab: vocab as u32,
+        },
+    };
+    let tokenize = |pairs: &[TextPair]| {
+        data::tokenize(
+            &encoder,
+            pairs,
+            cfg.max_query_tokens,
+            cfg.max_doc_tokens,
+            vocab,
+        )
+    };
+    let (train_examples, train_stats) =
+        tokenize(&train_text).with_context(|| format!("tokenizing the train split of {shown}"))?;
+    let (eval_examples, eval_stats) =
+        tokenize(&eval_text).with_context(|| format!("tokenizing the eval split of {shown}"))?;
+    let duplicate_docs = data::duplicate_docs(&train_examples);
+    let batcher = Batcher::new(
+        train_examples,
+        cfg.batch_size,
+        cfg.seed,
+        &format!("the train split of {shown}"),
+    )?;
+    let eval_set = eval_batches(cfg, eval_examples, log)?;
+    let stream = Stream::new(&batcher, cfg.epochs);
+    let total_steps = (stream.total / cfg.grad_accum as u64).min(cfg.max_steps.unwrap_or(u64::MAX));
+    ensure!(
+        total_steps > 0,
+        "the train split of {shown} gives {} batches of {} over {} epochs, fewer than grad_accum {}: not one update",
+        stream.total,
+        cfg.batch_size,
+        cfg.epochs,
+        cfg.grad_accum
+    );
+    let schedule = LrSchedule {
+        kind: cfg.schedule,
+        peak: cfg.lr,
+        warmup_steps: cfg.warmup_steps,
+        total_steps,
+    };
+    let step_cfg = StepConfig {
+        lora: cfg.lora.clone(),
+        loss: cfg.loss,
+        adamw: AdamWConfig {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..AdamWConfig::default()
+        },
+        train_dropout: cfg.dropout,
+        compile: cfg.compile,
+        seed: cfg.seed,
+    };
+    let mut trainer = Trainer::new(loaded, step_cfg)?;
+    writeln!(
+        log,
+        "train: {} pairs ({} eval), {} batches of {} per epoch, {} epochs, {total_steps} updates of {} x {}, {} trainable params",
+        train_stats.pairs,
+        eval_stats.pairs,
+        stream.per_epoch.first().copied().unwrap_or(0),
+        cfg.batch_size,
+        cfg.epochs,
+        cfg.grad_accum,
+        cfg.batch_size,
+        trainer.trainable()
+    )?;
+
+    // Resume.
+    std::fs::create_dir_all(paths.work_dir)
+        .with_context(|| format!("creating {}", paths.work_dir.display()))?;
+    let ckpt_path = checkpoint::path_in(paths.work_dir);
+    let config_json = serde_json::to_value(cfg)?;
+    let mut run = RunState {
+        step: 0,
+        position: DataPosition::default(),
+        adam_step: 0,
+        config: config_json.clone(),
+        records: Vec::new(),
+        train_seconds: 0.0,
+    };
+    let mut resumed_from = None;
+    match checkpoint::load(&ckpt_path)? {
+        Some(c) if c.run.config == config_json && c.run.step <= total_steps => {
+            trainer
+                .restore(c.trainer)
+                .with_context(|| format!("resuming from {}", ckpt_path.display()))?;
+            writeln!(
+                log,
+                "train: resuming from the checkpoint at step {}",
+                c.run.step
+            )?;
+            resumed_from = Some(c.run.step);
+            run = c.run;
+        }
+        Some(_) => writeln!(
+            log,
+            "train: {} was made under another config; starting over",
+            ckpt_path.display()
+        )?,
+        None => {}
+    }
+    let mut saved_step = resumed_from;
+    let save = |run: &RunState, trainer: &Trainer| -> Result<()> {
+        checkpoint::save(
+            &ckpt_path,
+            &Checkpoint {
+                run: run.clone(),
+                trainer: trainer.state(),
+            },
+        )
+    };
+
+    // Train.
+    let (mut session_seconds, mut session_samples) = (0.0f64, 0usize);
+    let mut micro_cache = EpochCache::default();
+    while run.step < total_steps {
+        if cancel.is_cancelled() {
+            if saved_step != Some(run.step) {
+                save(&run, &trainer)?;
+            }
+            writeln!(
+                log,
+                "train: interrupted at step {}; a checkpoint is in {}",
+                run.step,
+                ckpt_path.display()
+            )?;
+            return Err(Cancelled.into());
+        }
+        let started = Instant::now();
+        let first = run.step * cfg.grad_accum as u64;
+        let micro = (first..first + cfg.grad_accum as u64)
+            .map(|g| micro_cache.batch(&stream, g))
+            .collect::<Result<Vec<Batch>>>()?;
+        let lr = schedule.lr(run.step);
+        let clip = (cfg.grad_clip > 0.0).then_some(cfg.grad_clip);
+        let stats = trainer.accumulate_step(&micro, lr, clip).with_context(|| {
+            let kept = match saved_step {
+                Some(s) => format!(
+                    "the last good checkpoint (step {s}) is kept in {}",
+                    ckpt_path.display()
+                ),
+                None => "no checkpoint was written yet".to_string(),
+            };
+            format!(
+                "step {} of {total_steps}: training stopped; {kept}",
+                run.step + 1
+            )
+        })?;
+        let seconds = started.elapsed().as_secs_f64();
+        session_seconds += seconds;
+        session_samples += stats.samples;
+        run.train_seconds += seconds;
+        run.step += 1;
+        run.adam_step = trainer.state().adam_step;
+        run.position = stream.position(run.step * cfg.grad_accum as u64);
+        let validate_now = run.step == total_steps
+            || (cfg.eval_every > 0 && run.step.is_multiple_of(cfg.eval_every));
+        let (val_loss, val_accuracy) = match (&eval_set, validate_now) {
+            (Some(set), true) => {
+                let (l, a) = validate(&trainer, set)?;
+                (Some(l), Some(a))
+            }
+            _ => (None, None),
+        };
+        let record = StepRecord {
+            step: run.step,
+            total_steps,
+            epoch: stream.position(first).epoch,
+            loss: stats.loss,
+            lr,
+            grad_norm: stats.grad_norm,
+            samples_per_s: stats.samples as f64 / seconds.max(1e-9),
+            val_loss,
+            val_accuracy,
+        };
+        log_step(log, &record)?;
+        on_step(&record);
+        run.records.push(record);
+        if run.step.is_multiple_of(cfg.checkpoint_every) || run.step == total_steps {
+            save(&run, &trainer)?;
+            saved_step = Some(run.step);
+        }
+    }
+
+    let last = run.records.last().cloned();
+    let final_val = run.records.iter().rev().find(|r| r.val_loss.is_some());
+    let summary = TrainSummary {
+        config: cfg.clone(),
+        model: model.describe(),
+        dtype: format!("{dtype:?}").to_lowercase(),
+        device: format!("{:?}", Device::default_device()?),
+        engine: format!(
+            "xtr-pipe {} on MLX {MLX_VERSION}",
+            env!("CARGO_PKG_VERSION")
+        ),
+        train_pairs: train_stats.pairs,
+        eval_pairs: eval_stats.pairs,
+        dropped_empty: train_stats.dropped_empty + eval_stats.dropped_empty,
+        duplicate_docs,
+        batches_per_epoch: stream.per_epoch.clone(),
+        steps: run.step,
+        trainable_params: trainer.trainable(),
+        resumed_from,
+        final_loss: last.as_ref().map_or(f32::NAN, |r| r.loss),
+        val_loss: final_val.and_then(|r| r.val_loss),
+        val_accuracy: final_val.and_then(|r| r.val_accuracy),
+        train_seconds: run.train_seconds,
+        wall_seconds: wall.elapsed().as_secs_f64(),
+        samples_per_s: if session_seconds > 0.0 {
+            session_samples as f64 / session_seconds
+        } else {
+            0.0
+        },
+    };
+    write_outputs(paths.out_dir, &trainer, &summary, &run.records)?;
+    Ok(summary)
+}
+
+fn log_step(log: &mut dyn Write, r: &StepRecord) -> Result<()> {
+    write!(
+        log,
+        "step {}/{} epoch {} loss {:.4} lr {:.3e} grad_norm {:.3} {:.1} samples/s",
+        r.step, r.total_steps, r.epoch, r.loss, r.lr, r.grad_norm, r.samples_per_s
+    )?;
+    if let (Some(l), Some(a)) = (r.val_loss, r.val_accuracy) {
+        write!(log, " val_loss {l:.4} val_accuracy {a:.3}")?;
+    }
+    writeln!(log)?;
+    Ok(())
+}
+
+/// The eval split's batches (a fixed, seeded selection), or `None` when the
+/// split is too small to make a batch of two different documents.
+fn eval_batches(
+    cfg: &TrainConfig,
+    examples: Vec<data::Example>,
+    log: &mut dyn Write,
+) -> Result<Option<Vec<Batch>>> {
+    let distinct = examples
+        .iter()
+        .map(|e| e.doc_key)
+        .collect::<std::collections::HashSet<_>>()
+        .len();
+    let size = cfg.batch_size.min(distinct);
+    if size < 2 {
+        writeln!(
+            log,
+            "train: the eval split has {} pairs ({distinct} distinct documents): no validation",
+            examples.len()
+        )?;
+        return Ok(None);
+    }
+    let batcher = Batcher::new(examples, size, cfg.seed, "the eval split")?;
+    let batches = batcher
+        .epoch(0)
+        .iter()
+        .take(cfg.eval_batches.max(1))
+        .map(|idx| batcher.batch(idx))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(batches))
+}
+
+/// Mean loss and in-batch accuracy over `set`.
+fn validate(trainer: &Trainer, set: &[Batch]) -> Result<(f32, f32)> {
+    let (mut loss, mut correct, mut queries) = (0.0f64, 0usize, 0usize);
+    for b in set {
+        let e = trainer.evaluate(b).context("validating")?;
+        loss += f64::from(e.loss);
+        correct += e.correct;
+        queries += e.queries;
+    }
+    Ok((
+        (loss / set.len().max(1) as f64) as f32,
+        correct as f32 / queries.max(1) as f32,
+    ))
+}
+
+/// The run's micro-batches: epoch after epoch, each epoch's batches in order.
+struct Stream<'a> {
+    batcher: &'a Batcher,
+    per_epoch: Vec<usize>,
+    total: u64,
+}
+
+impl<'a> Stream<'a> {
+    fn new(batcher: &'a Batcher, epochs: u64) -> Stream<'a> {
+        let per_epoch: Vec<usize> = (0..epochs).map(|e| batcher.epoch(e).len()).collect();
+        let total = per_epoch.iter().map(|&n| n as u64).sum();
+        Stream {
+            batcher,
+            per_epoch,
+            total,
+        }
+    }
+
+    /// The (epoch, batch) of micro-batch `global` (the end: one past the last epoch).
+    fn position(&self, mut global: u64) -> DataPosition {
+        for (epoch, &n) in self.per_epoch.iter().enumerate() {
+            if global < n as u64 {
+                return DataPosition {
+                    epoch: epoch as u64,
+                    batch: global,
+                };
+            }
+            global -= n as u64;
+        }
+        DataPosition {
+            epoch: self.per_epoch.len() as u64,
+            batch: global,
+        }
+    }
+}
+
+/// The batches of the epoch being trained on, computed once per epoch.
+#[derive(Default)]
+struct EpochCache {
+    epoch: Option<u64>,
+    batches: Vec<Vec<usize>>,
+}
+
+impl EpochCache {
+    fn batch(&mut self, stream: &Stream, global: u64) -> Result<Batch> {
+        let pos = stream.position(global);
+        if self.epoch != Some(pos.epoch) {
+            self.batches = stream.batcher.epoch(pos.epoch);
+            self.epoch = Some(pos.epoch);
+        }
+        let Some(indices) = self.batches.get(pos.batch as usize) else {
+            bail!(
+                "micro-batch {global} (epoch {}, batch {}) is past the end of the data",
+                pos.epoch,
+                pos.batch
+            );
+        };
+        stream.batcher.batch(indices)
+    }
+}
+
+fn write_outputs(
+    out: &Path,
+    trainer: &Trainer,
+    summary: &TrainSummary,
+    records: &[StepRecord],
+) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let model = trainer.model();
+    save_adapters(&model.encoder, &out.join("adapters.safetensors"))?;
+    let mut modules: Vec<String> = model
+        .encoder
+        .linears()
+        .into_iter()
+        .filter(|(_, _, l)| matches!(l, LinearLayer::Lora(_)))
+        .map(|(path, _, _)| path.rsplit('.').next().unwrap_or(&path).to_string())
+        .collect();
+    modules.sort();
+    modules.dedup();
+    let lora = &summary.config.lora;
+    let peft = serde_json::json!({
+        "peft_type": "LORA",
+        "task_type": null,
+        "base_model_name_or_path": summary.model,
+        "r": lora.r,
+        "lora_alpha": lora.alpha,
+        "lora_dropout": lora.dropout,
+        "target_modules": modules,
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "inference_mode": true,
+        "use_rslora": false,
+        "use_dora": false,
+        "modules_to_save": null,
+    });
+    write_json(&out.join("lora_config.json"), &peft)?;
+    write_json(&out.join("train.json"), summary)?;
+    let metrics = serde_json::json!({
+        "final_loss": summary.final_loss,
+        "val_loss": summary.val_loss,
+        "val_accuracy": summary.val_accuracy,
+        "steps": summary.steps,
+        "train_pairs": summary.train_pairs,
+        "samples_per_s": summary.samples_per_s,
+        "train_seconds": summary.train_seconds,
+    });
+    write_json(&out.join("metrics.json"), &metrics)?;
+    write_metrics_parquet(&out.join("metrics.parquet"), records)
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_metrics_parquet(path: &Path, records: &[StepRecord]) -> Result<()> {
+    use polars::prelude::{Column, DataFrame, ParquetWriter};
+    let col = |name: &str, values: Vec<f32>| Column::new(name.into(), values);
+    let columns = vec![
+        Column::new(
+            "step".into(),
+            records.iter().map(|r| r.step).collect::<Vec<u64>>(),
+        ),
+        Column::new(
+            "epoch".into(),
+            records.iter().map(|r| r.epoch).collect::<Vec<u64>>(),
+        ),
+        col("loss", records.iter().map(|r| r.loss).collect()),
+        col("lr", records.iter().map(|r| r.lr).collect()),
+        col("grad_norm", records.iter().map(|r| r.grad_norm).collect()),
+        Column::new(
+            "samples_per_s".into(),
+            records
+                .iter()
+                .map(|r| r.samples_per_s)
+                .collect::<Vec<f64>>(),
+        ),
+        Column::new(
+            "val_loss".into(),
+            records
+                .iter()
+                .map(|r| r.val_loss)
+                .collect::<Vec<Option<f32>>>(),
+        ),
+        Column::new(
+            "val_accuracy".into(),
+            records
+                .iter()
+                .map(|r| r.val_accuracy)
+                .collect::<Vec<Option<f32>>>(),
+        ),
+    ];
+    let mut df = DataFrame::new(records.len(), columns).context("building the metrics table")?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    ParquetWriter::new(file)
+        .finish(&mut df)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;
