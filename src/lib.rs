@@ -7,7 +7,7 @@
 //! scheduling), [`stages`] (the built-in stage kinds), [`dataset`] (code-search pairs from
 //! source trees), [`mlx`] (our binding over
 //! MLX's C++ API), [`model`] (T5/BERT encoders, heads, LoRA), [`train`] (loss,
-//! optimizer, the train step), [`cli`] (the commands).
+//! optimizer, the train step), [`search`] (code search), [`cli`] (the commands).
 
 pub mod cancel;
 pub mod cli;
@@ -16,6 +16,7 @@ pub mod exec;
 pub mod mlx;
 pub mod model;
 pub mod pipeline;
+pub mod search;
 pub mod stages;
 pub mod store;
 pub mod train;
