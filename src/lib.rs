@@ -7,11 +7,13 @@
 //! scheduling), [`stages`] (the built-in stage kinds), [`dataset`] (code-search pairs from
 //! source trees), [`mlx`] (our binding over
 //! MLX's C++ API), [`model`] (T5/BERT encoders, heads, LoRA), [`train`] (loss,
-//! optimizer, the train step), [`search`] (code search), [`cli`] (the commands).
+//! optimizer, the train step), [`search`] (BM25, the multi-vector index, fusion),
+//! [`eval`] (retrieval metrics, query sets), [`cli`] (the commands).
 
 pub mod cancel;
 pub mod cli;
 pub mod dataset;
+pub mod eval;
 pub mod exec;
 pub mod mlx;
 pub mod model;
