@@ -1,3 +1,4 @@
-//! Code search. [`tokenize`]: the code-aware tokenizer shared by BM25 and tests.
+//! Code search: [`tokenize`] (code-aware terms), [`fusion`] (rank fusion).
 
+pub mod fusion;
 pub mod tokenize;
