@@ -1,4 +1,6 @@
-//! Code search: [`tokenize`] (code-aware terms), [`fusion`] (rank fusion).
+//! Code search: [`tokenize`] (code-aware terms), [`fusion`] (rank fusion),
+//! [`maxsim`] (exact late interaction).
 
 pub mod fusion;
+pub mod maxsim;
 pub mod tokenize;
