@@ -2,21 +2,25 @@
 //! of stages; each stage's output is stored under the blake3 hash of everything
 //! that determines it, so a run recomputes only what changed.
 //!
-//! Modules, each with one concern: [`pipeline`] (the TOML schema and DAG),
-//! [`cancel`] (cooperative cancellation), [`store`] (content-addressed artifacts, history), [`exec`] (planning and
-//! scheduling), [`stages`] (the built-in stage kinds), [`dataset`] (code-search pairs from
-//! source trees), [`mlx`] (our binding over
-//! MLX's C++ API), [`model`] (T5/BERT encoders, heads, LoRA), [`train`] (loss,
-//! optimizer, the train step), [`cli`] (the commands).
+//! Modules, each with one concern, lowest layer first: [`cancel`] (cooperative
+//! cancellation), [`progress`] (progress bars), [`pipeline`] (the TOML schema and
+//! DAG), [`store`] (content-addressed artifacts, history), [`mlx`] (our binding
+//! over MLX's C++ API), [`model`] (T5/BERT encoders, heads, LoRA, merge),
+//! [`dataset`] (code-search pairs from source trees), [`train`] (loss, optimizer,
+//! the train step and loop), [`search`] (BM25, the multi-vector index, fusion),
+//! [`eval`] (retrieval metrics, query sets), [`stages`] (the built-in stage
+//! kinds), [`exec`] (planning and scheduling), [`cli`] (the commands).
 
 pub mod cancel;
 pub mod cli;
 pub mod dataset;
+pub mod eval;
 pub mod exec;
 pub mod mlx;
 pub mod model;
 pub mod pipeline;
 pub mod progress;
+pub mod search;
 pub mod stages;
 pub mod store;
 pub mod train;

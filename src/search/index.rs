@@ -1,0 +1,733 @@
+//! An index directory of code units searched three ways: BM25, multi-vector
+//! (semantic) and their fusion.
+//!
+//! A directory holds `index.json` (format, model, dimension, counts),
+//! `units.json` (every [`Unit`]), `bm25/` (tantivy) and `mv.bin` (the compressed
+//! token embeddings, document `i` being unit `i`). It is built in a sibling
+//! temporary directory and swapped in, so a failed build leaves the old index.
+//! [`Index::update`] re-embeds only units whose content hash is new, reusing the
+//! stored codes of the others under the existing codec (PLAID-style appends).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::bm25::{Bm25Doc, Bm25Index};
+use super::codec::{Codec, CodecParams};
+use super::embed::Embedder;
+use super::fusion;
+use super::mv::{self, EncodedDocs, MvIndex, SearchParams};
+use super::units::Unit;
+use crate::cancel::CancelToken;
+
+/// The on-disk format this build writes and reads.
+pub const FORMAT: u32 = 1;
+
+/// What `index.json` records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    /// The embedder's name.
+    pub model: String,
+    pub dim: usize,
+    pub units: usize,
+    pub tokens: usize,
+    pub nbits: u8,
+    pub centroids: usize,
+}
+
+/// How an index is built.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    pub codec: CodecParams,
+    /// Texts per embedder call (0: 32).
+    pub embed_batch: usize,
+}
+
+/// What a build or an update did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BuildStats {
+    pub units: usize,
+    pub tokens: usize,
+    /// Units whose text went through the embedder.
+    pub embedded: usize,
+    /// Units whose stored codes were kept.
+    pub reused: usize,
+    /// The codec was trained anew (a first build, or the model changed).
+    pub retrained: bool,
+    pub embed_seconds: f64,
+    pub codec_seconds: f64,
+    pub total_seconds: f64,
+}
+
+/// How results are ranked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Semantic,
+    Bm25,
+    /// Reciprocal rank fusion (k = 60) of BM25 and semantic.
+    HybridRrf,
+    /// Weighted sum of min-max normalised BM25 and semantic scores.
+    HybridWeighted,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [
+        Mode::Semantic,
+        Mode::Bm25,
+        Mode::HybridRrf,
+        Mode::HybridWeighted,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Semantic => "semantic",
+            Mode::Bm25 => "bm25",
+            Mode::HybridRrf => "hybrid_rrf",
+            Mode::HybridWeighted => "hybrid_weighted",
+        }
+    }
+
+    fn needs_model(self) -> bool {
+        self != Mode::Bm25
+    }
+}
+
+impl FromStr for Mode {
+    type Err = anyhow::Error;
+
+    /// `semantic`, `bm25`, `hybrid` (= `hybrid_rrf`), `hybrid_rrf`, `hybrid_weighted`
+    /// (`-` and `_` alike).
+    fn from_str(s: &str) -> Result<Mode> {
+        Ok(match s.replace('-', "_").as_str() {
+            "semantic" => Mode::Semantic,
+            "bm25" => Mode::Bm25,
+            "hybrid" | "hybrid_rrf" | "rrf" => Mode::HybridRrf,
+            "hybrid_weighted" | "weighted" => Mode::HybridWeighted,
+            other => bail!(
+                "unknown search mode `{other}`: semantic, bm25, hybrid, hybrid_rrf or hybrid_weighted"
+            ),
+        })
+    }
+}
+
+/// How one search runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SearchOptions {
+    pub mode: Mode,
+    pub k: usize,
+    /// The multi-vector engine's knobs (its `k` is set from the depth needed).
+    pub mv: SearchParams,
+    /// Hits each retriever contributes to a fusion.
+    pub fusion_depth: usize,
+    /// The semantic share in weighted fusion (BM25 gets 1 - this).
+    pub semantic_weight: f32,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions {
+            mode: Mode::HybridRrf,
+            k: 10,
+            mv: SearchParams::default(),
+            fusion_depth: 50,
+            semantic_weight: 0.5,
+        }
+    }
+}
+
+/// One result, as `xtr-pipe search --json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Hit {
+    /// Relative to the indexed root.
+    pub path: String,
+    pub symbol: String,
+    /// First line of the unit's code (1-based).
+    pub line: u32,
+    pub end_line: u32,
+    pub kind: String,
+    pub score: f32,
+    /// The first lines of the code.
+    pub snippet: String,
+    /// The unit's position in the index.
+    pub unit: u32,
+}
+
+impl Hit {
+    /// `path::symbol`, as query sets name targets.
+    pub fn key(&self) -> String {
+        format!("{}::{}", self.path, self.symbol)
+    }
+}
+
+/// An open index.
+pub struct Index {
+    dir: PathBuf,
+    manifest: Manifest,
+    units: Vec<Unit>,
+    bm25: Bm25Index,
+    mv: MvIndex,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is corrupt", path.display()))
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string(value).context("encoding JSON")?;
+    std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+impl Index {
+    /// Builds an index of `units` into `dir` (replacing any index there).
+    pub fn build(
+        dir: &Path,
+        units: Vec<Unit>,
+        embedder: &dyn Embedder,
+        opts: &BuildOptions,
+        cancel: &CancelToken,
+    ) -> Result<(Index, BuildStats)> {
+        let started = Instant::now();
+        if units.is_empty() {
+            bail!("nothing to index: no units were found");
+        }
+        let mut stats = BuildStats {
+            units: units.len(),
+            embedded: units.len(),
+            retrained: true,
+            ..Default::default()
+        };
+        let all: Vec<usize> = (0..units.len()).collect();
+        let (offsets, vectors) = embed(&units, &all, embedder, opts, cancel)?;
+        stats.embed_seconds = started.elapsed().as_secs_f64();
+        let codec_started = Instant::now();
+        let codec = Codec::train(&vectors, embedder.dim(), &opts.codec, cancel)
+            .context("training the codec")?;
+        let tokens = codec.encode(&vectors)?;
+        stats.codec_seconds = codec_started.elapsed().as_secs_f64();
+        let encoded = EncodedDocs { offsets, tokens };
+        stats.tokens = encoded.tokens.centroids.len();
+        let index = publish(dir, units, &codec, &encoded, &embedder.name())?;
+        stats.total_seconds = started.elapsed().as_secs_f64();
+        Ok((index, stats))
+    }
+
+    /// Brings the index in `dir` up to `units`: units whose hash the index already
+    /// holds keep their stored codes; only new texts are embedded, and encoded with
+    /// the index's codec. Without an index there, or when the embedder's name or
+    /// dimension differ from the index's, it builds from scratch.
+    pub fn update(
+        dir: &Path,
+        units: Vec<Unit>,
+        embedder: &dyn Embedder,
+        opts: &BuildOptions,
+        cancel: &CancelToken,
+    ) -> Result<(Index, BuildStats)> {
+        if !dir.join("index.json").is_file() {
+            return Index::build(dir, units, embedder, opts, cancel);
+        }
+        let old = Index::open(dir)?;
+        if old.manifest.model != embedder.name() || old.manifest.dim != embedder.dim() {
+            drop(old);
+            return Index::build(dir, units, embedder, opts, cancel);
+        }
+        if units.is_empty() {
+            bail!("nothing to index: no units were found");
+        }
+        let started = Instant::now();
+        let by_hash: HashMap<&str, usize> = old
+            .units
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, u)| (u.hash.as_str(), i))
+            .collect();
+        let fresh: Vec<usize> = (0..units.len())
+            .filter(|&i| !by_hash.contains_key(units[i].hash.as_str()))
+            .collect();
+        let (fresh_offsets, vectors) = embed(&units, &fresh, embedder, opts, cancel)?;
+        let embed_seconds = started.elapsed().as_secs_f64();
+        let codec = old.mv.codec().clone();
+        let encoded_fresh = codec.encode(&vectors)?;
+        let bpt = codec.bytes_per_token();
+        let mut encoded = EncodedDocs::default();
+        let mut next_fresh = 0;
+        for unit in &units {
+            match by_hash.get(unit.hash.as_str()) {
+                Some(&i) => {
+                    let (c, codes) = old.mv.doc_tokens(i);
+                    encoded.push(&c, &codes);
+                }
+                None => {
+                    let (a, b) = (fresh_offsets[next_fresh], fresh_offsets[next_fresh + 1]);
+                    encoded.push(
+                        &encoded_fresh.centroids[a..b],
+                        &encoded_fresh.codes[a * bpt..b * bpt],
+                    );
+                    next_fresh += 1;
+                }
+            }
+        }
+        let model = old.manifest.model.clone();
+        drop(old);
+        let stats = BuildStats {
+            units: units.len(),
+            tokens: encoded.tokens.centroids.len(),
+            embedded: fresh.len(),
+            reused: units.len() - fresh.len(),
+            retrained: false,
+            embed_seconds,
+            codec_seconds: 0.0,
+            total_seconds: 0.0,
+        };
+        let index = publish(dir, units, &codec, &encoded, &model)?;
+        let stats = BuildStats {
+            total_seconds: started.elapsed().as_secs_f64(),
+            ..stats
+        };
+        Ok((index, stats))
+    }
+
+    /// Opens the index in `dir`, checking that its parts agree.
+    pub fn open(dir: &Path) -> Result<Index> {
+        let manifest: Manifest = read_json(&dir.join("index.json"))
+            .with_context(|| format!("{} is not an index directory", dir.display()))?;
+        if manifest.format != FORMAT {
+            bail!(
+                "{}: index format {}, this build reads {FORMAT}; rebuild the index",
+                dir.display(),
+                manifest.format
+            );
+        }
+        let units: Vec<Unit> = read_json(&dir.join("units.json"))?;
+        let bm25 = Bm25Index::open(&dir.join("bm25"))?;
+        let mv = MvIndex::open(&dir.join("mv.bin"))?;
+        if units.len() != manifest.units
+            || mv.n_docs() != units.len()
+            || bm25.len() != units.len() as u64
+            || mv.dim() != manifest.dim
+        {
+            bail!(
+                "{}: the index's parts disagree ({} units listed, {} in units.json, {} in mv.bin, {} in bm25/); rebuild it",
+                dir.display(),
+                manifest.units,
+                units.len(),
+                mv.n_docs(),
+                bm25.len()
+            );
+        }
+        Ok(Index {
+            dir: dir.to_path_buf(),
+            manifest,
+            units,
+            bm25,
+            mv,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn units(&self) -> &[Unit] {
+        &self.units
+    }
+
+    /// Bytes of the compressed embeddings file.
+    pub fn mv_bytes(&self) -> usize {
+        self.mv.file_bytes()
+    }
+
+    /// Search `query`; semantic and hybrid modes need the embedder that built the index.
+    pub fn search(
+        &self,
+        query: &str,
+        embedder: Option<&dyn Embedder>,
+        opts: &SearchOptions,
+    ) -> Result<Vec<Hit>> {
+        if self.units.is_empty() {
+            bail!("the index in {} is empty", self.dir.display());
+        }
+        let depth = if opts.mode == Mode::Semantic || opts.mode == Mode::Bm25 {
+            opts.k
+        } else {
+            opts.fusion_depth.max(opts.k)
+        };
+        let semantic = if opts.mode.needs_model() {
+            let embedder = embedder.with_context(|| {
+                format!(
+                    "{} search needs the model the index was built with",
+                    opts.mode.name()
+                )
+            })?;
+            if embedder.dim() != self.manifest.dim {
+                bail!(
+                    "the model {} embeds in {} dimensions, the index in {} was built with {} ({} dimensions)",
+                    embedder.name(),
+                    embedder.dim(),
+                    self.dir.display(),
+                    self.manifest.model,
+                    self.manifest.dim
+                );
+            }
+            let q = embedder.embed_query(query)?;
+            let params = SearchParams {
+                k: depth,
+                ..opts.mv
+            };
+            self.mv.search(&q, &params)?
+        } else {
+            Vec::new()
+        };
+        let lexical = if opts.mode == Mode::Semantic {
+            Vec::new()
+        } else {
+            self.bm25.search(query, depth)?
+        };
+        let ranked = match opts.mode {
+            Mode::Semantic => semantic,
+            Mode::Bm25 => lexical,
+            Mode::HybridRrf => {
+                fusion::reciprocal_rank(&[lexical.as_slice(), semantic.as_slice()], fusion::RRF_K)
+            }
+            Mode::HybridWeighted => fusion::weighted(&[
+                (lexical.as_slice(), 1.0 - opts.semantic_weight),
+                (semantic.as_slice(), opts.semantic_weight),
+            ]),
+        };
+        ranked
+            .into_iter()
+            .take(opts.k)
+            .map(|(unit, score)| self.hit(unit, score))
+            .collect()
+    }
+
+    fn hit(&self, unit: u32, score: f32) -> Result<Hit> {
+        let u = self
+            .units
+            .get(unit as usize)
+            .with_context(|| format!("a hit names unit {unit} of {}", self.units.len()))?;
+        Ok(Hit {
+            path: u.path.clone(),
+            symbol: u.symbol.clone(),
+            line: u.start_line,
+            end_line: u.end_line,
+            kind: u.kind.clone(),
+            score,
+            snippet: snippet(&u.code),
+            unit,
+        })
+    }
+}
+
+/// The first three non-blank lines, each cut at 120 characters.
+fn snippet(code: &str) -> String {
+    code.lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(3)
+        .map(|l| match l.char_indices().nth(120) {
+            Some((i, _)) => format!("{}…", &l[..i]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Embeds `units[which]` in batches: per-unit offsets into one flat matrix.
+fn embed(
+    units: &[Unit],
+    which: &[usize],
+    embedder: &dyn Embedder,
+    opts: &BuildOptions,
+    cancel: &CancelToken,
+) -> Result<(Vec<usize>, Vec<f32>)> {
+    let dim = embedder.dim();
+    let batch = if opts.embed_batch == 0 {
+        32
+    } else {
+        opts.embed_batch
+    };
+    let mut offsets = vec![0];
+    let mut vectors = Vec::new();
+    for chunk in which.chunks(batch) {
+        cancel.check()?;
+        let texts: Vec<String> = chunk.iter().map(|&i| units[i].embed_text()).collect();
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let out = embedder.embed_documents(&refs)?;
+        if out.len() != chunk.len() {
+            bail!(
+                "the embedder returned {} results for {} texts",
+                out.len(),
+                chunk.len()
+            );
+        }
+        for (m, &i) in out.into_iter().zip(chunk) {
+            if m.dim() != dim {
+                bail!(
+                    "the embedder gave {} dimensions for {}, not {dim}",
+                    m.dim(),
+                    units[i].key()
+                );
+            }
+            offsets.push(offsets.last().copied().unwrap_or(0) + m.rows());
+            vectors.extend_from_slice(m.as_slice());
+        }
+    }
+    Ok((offsets, vectors))
+}
+
+/// Writes every part into a sibling temporary directory, then swaps it in.
+fn publish(
+    dir: &Path,
+    units: Vec<Unit>,
+    codec: &Codec,
+    encoded: &EncodedDocs,
+    model: &str,
+) -> Result<Index> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "index".to_string());
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let tmp = parent.join(format!(".{name}.building"));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let manifest = Manifest {
+        format: FORMAT,
+        model: model.to_string(),
+        dim: codec.dim(),
+        units: units.len(),
+        tokens: encoded.tokens.centroids.len(),
+        nbits: codec.nbits(),
+        centroids: codec.n_centroids(),
+    };
+    mv::write(&tmp.join("mv.bin"), codec, encoded)?;
+    Bm25Index::build(
+        &tmp.join("bm25"),
+        units.iter().enumerate().map(|(i, u)| Bm25Doc {
+            unit: i as u32,
+            path: &u.path,
+            line: u.start_line,
+            symbol: &u.symbol,
+            doc: &u.doc,
+            code: &u.code,
+        }),
+    )?;
+    write_json(&tmp.join("units.json"), &units)?;
+    write_json(&tmp.join("index.json"), &manifest)?;
+    if dir.exists() {
+        let old = parent.join(format!(".{name}.old"));
+        if old.exists() {
+            std::fs::remove_dir_all(&old).with_context(|| format!("removing {}", old.display()))?;
+        }
+        std::fs::rename(dir, &old)
+            .with_context(|| format!("moving the old index {} aside", dir.display()))?;
+        std::fs::rename(&tmp, dir).with_context(|| format!("publishing {}", dir.display()))?;
+        std::fs::remove_dir_all(&old).ok();
+    } else {
+        std::fs::rename(&tmp, dir).with_context(|| format!("publishing {}", dir.display()))?;
+    }
+    Index::open(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::Lang;
+    use crate::search::embed::HashEmbedder as FakeEmbedder;
+    use crate::search::units::{collect, CollectOptions, SourceRoot};
+
+    const LIB: &str = "\
+/// Parse a pipeline file from TOML text.
+pub fn parse_pipeline(text: &str) -> Pipeline {
+    toml::from_str(text)
+}
+
+/// Hash every input of a stage into its artifact key.
+pub fn artifact_key(inputs: &[u8]) -> Key {
+    blake3::hash(inputs)
+}
+
+/// Delete artifacts that no run references.
+pub fn garbage_collect(store: &Store) {
+    store.sweep()
+}
+";
+
+    fn tree(lib: &str) -> (tempfile::TempDir, Vec<Unit>) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("src")).unwrap();
+        std::fs::write(dir.path().join("src/lib.rs"), lib).unwrap();
+        std::fs::write(
+            dir.path().join("notes.rs"),
+            "// scratch\nfn scratch_pad() {}\n",
+        )
+        .unwrap();
+        let roots = [SourceRoot {
+            path: dir.path().to_path_buf(),
+            prefix: String::new(),
+            langs: vec![Lang::Rust],
+        }];
+        let units = collect(&roots, &CollectOptions::default(), &CancelToken::new()).unwrap();
+        (dir, units)
+    }
+
+    fn opts(mode: Mode) -> SearchOptions {
+        SearchOptions {
+            mode,
+            k: 3,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn builds_and_finds_units_in_every_mode() {
+        let (src, units) = tree(LIB);
+        assert_eq!(units.len(), 4);
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().join("idx");
+        let emb = FakeEmbedder::new(16);
+        let (built, stats) = Index::build(
+            &dir,
+            units,
+            &emb,
+            &BuildOptions::default(),
+            &CancelToken::new(),
+        )
+        .unwrap();
+        assert_eq!((stats.units, stats.embedded, stats.reused), (4, 4, 0));
+        assert_eq!(emb.texts_embedded(), 4);
+        drop(built);
+        drop(src);
+        let index = Index::open(&dir).unwrap();
+        assert_eq!(index.manifest().dim, 16);
+        for mode in Mode::ALL {
+            let hits = index
+                .search("artifact key hash", Some(&emb), &opts(mode))
+                .unwrap();
+            assert_eq!(
+                hits[0].key(),
+                "src/lib.rs::artifact_key",
+                "{mode:?}: {hits:?}"
+            );
+            assert_eq!(hits[0].line, 7, "{mode:?}");
+            assert!(hits.len() <= 3);
+        }
+        let hits = index
+            .search("garbage collect", None, &opts(Mode::Bm25))
+            .unwrap();
+        assert_eq!(hits[0].symbol, "garbage_collect");
+        assert_eq!(
+            hits[0].snippet,
+            "pub fn garbage_collect(store: &Store) {\n    store.sweep()\n}"
+        );
+        let json = serde_json::to_value(&hits[0]).unwrap();
+        for key in ["path", "symbol", "line", "score", "snippet"] {
+            assert!(json.get(key).is_some(), "{key} missing from {json}");
+        }
+    }
+
+    #[test]
+    fn update_re_embeds_only_changed_units() {
+        let (_src, units) = tree(LIB);
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().join("idx");
+        let emb = FakeEmbedder::new(16);
+        let cancel = CancelToken::new();
+        Index::build(&dir, units, &emb, &BuildOptions::default(), &cancel).unwrap();
+        assert_eq!(emb.texts_embedded(), 4);
+
+        let edited = LIB.replace("store.sweep()", "store.sweep_unreferenced()");
+        let (_src2, units) = tree(&edited);
+        let (index, stats) =
+            Index::update(&dir, units.clone(), &emb, &BuildOptions::default(), &cancel).unwrap();
+        assert_eq!(
+            (stats.embedded, stats.reused, stats.retrained),
+            (1, 3, false)
+        );
+        assert_eq!(emb.texts_embedded(), 5, "only the edited unit was embedded");
+        let hits = index
+            .search("sweep unreferenced", Some(&emb), &opts(Mode::Semantic))
+            .unwrap();
+        assert_eq!(hits[0].symbol, "garbage_collect");
+        drop(index);
+
+        // Nothing changed: nothing embedded.
+        let (_, stats) =
+            Index::update(&dir, units.clone(), &emb, &BuildOptions::default(), &cancel).unwrap();
+        assert_eq!((stats.embedded, stats.reused), (0, 4));
+        assert_eq!(emb.texts_embedded(), 5);
+
+        // Another model: everything again.
+        let other = FakeEmbedder::new(16).named("other");
+        let (_, stats) =
+            Index::update(&dir, units, &other, &BuildOptions::default(), &cancel).unwrap();
+        assert!(stats.retrained);
+        assert_eq!(other.texts_embedded(), 4);
+    }
+
+    #[test]
+    fn clear_errors_for_bad_input() {
+        let (_src, units) = tree(LIB);
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().join("idx");
+        let emb = FakeEmbedder::new(16);
+        let cancel = CancelToken::new();
+        let err = Index::build(&dir, Vec::new(), &emb, &BuildOptions::default(), &cancel)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("nothing to index"), "{err}");
+        let (index, _) =
+            Index::build(&dir, units, &emb, &BuildOptions::default(), &cancel).unwrap();
+
+        let narrow = FakeEmbedder::new(8);
+        let err = index
+            .search("x", Some(&narrow), &opts(Mode::Semantic))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("8 dimensions") && err.to_string().contains("(16 dimensions)"),
+            "{err}"
+        );
+        let err = index.search("x", None, &opts(Mode::HybridRrf)).unwrap_err();
+        assert!(err.to_string().contains("needs the model"), "{err}");
+        drop(index);
+
+        let mv = dir.join("mv.bin");
+        let bytes = std::fs::read(&mv).unwrap();
+        std::fs::write(&mv, &bytes[..bytes.len() / 2]).unwrap();
+        let err = format!("{:#}", Index::open(&dir).err().unwrap());
+        assert!(err.contains("mv.bin") && err.contains("truncated"), "{err}");
+
+        let err = format!("{:#}", Index::open(out.path()).err().unwrap());
+        assert!(err.contains("not an index directory"), "{err}");
+    }
+
+    #[test]
+    fn modes_parse_from_flags() {
+        assert_eq!("hybrid".parse::<Mode>().unwrap(), Mode::HybridRrf);
+        assert_eq!(
+            "hybrid-weighted".parse::<Mode>().unwrap(),
+            Mode::HybridWeighted
+        );
+        assert_eq!("bm25".parse::<Mode>().unwrap(), Mode::Bm25);
+        assert!("fuzzy".parse::<Mode>().is_err());
+    }
+}
