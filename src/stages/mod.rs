@@ -7,7 +7,9 @@ pub mod cmd;
 pub mod compute;
 pub mod dataset;
 mod inputs;
+pub mod merge;
 pub mod profile;
+pub mod train;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -127,7 +129,13 @@ pub struct Kind {
     pub configure: fn(&StageSpec) -> Result<Configured, ConfigError>,
 }
 
-pub static KINDS: &[Kind] = &[cmd::KIND, dataset::KIND, profile::KIND];
+pub static KINDS: &[Kind] = &[
+    cmd::KIND,
+    dataset::KIND,
+    profile::KIND,
+    train::KIND,
+    merge::KIND,
+];
 
 /// The built-in kinds' templates, for `uses = "<kind>"` without a `stages/` directory.
 pub struct BuiltinTemplates;
@@ -302,6 +310,29 @@ fn parse_unknown_field(message: &str) -> Option<(String, Vec<String>)> {
         .map(str::to_string)
         .collect();
     Some((field.to_string(), expected))
+}
+
+/// A stage spec for `kind`'s template with `own` (TOML) over it, as
+/// `uses = "<kind>"` gives: for tests that decode a template's defaults.
+#[cfg(test)]
+pub(crate) fn template_spec(kind: &Kind, own: &str) -> Result<StageSpec, ConfigError> {
+    use crate::pipeline::source::parse_file;
+    let mut params = parse_file(Path::new("template.toml"), kind.template.to_string())?;
+    let own = parse_file(Path::new("p.toml"), own.to_string())?;
+    params.merge(own);
+    let mut table = params.as_table().cloned().unwrap_or_default();
+    table.remove("kind");
+    let params = Node::table(table, params.origin.clone());
+    Ok(StageSpec {
+        name: kind.name.into(),
+        kind: kind.name.into(),
+        description: None,
+        needs: Vec::new(),
+        need_origins: Vec::new(),
+        origin: params.origin.clone(),
+        params,
+        dir: PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+    })
 }
 
 #[cfg(test)]

@@ -254,15 +254,7 @@ mod tests {
     /// The template documents the defaults; they are the code's, not a copy.
     #[test]
     fn the_template_holds_the_defaults() -> Result<(), ConfigError> {
-        let node = parse_file(Path::new("profile.toml"), KIND.template.to_string())?;
-        let mut spec = spec("model = \"t5-base-random\"\n");
-        let mut merged = node;
-        merged.merge(spec.params.clone());
-        if let Some(table) = merged.as_table() {
-            let mut table = table.clone();
-            table.remove("kind");
-            spec.params = crate::pipeline::Node::table(table, merged.origin.clone());
-        }
+        let spec = crate::stages::template_spec(&KIND, "model = \"t5-base-random\"\n")?;
         let params: Params = crate::stages::decode(&spec)?;
         assert_eq!(params.shape, StepShape::default());
         assert_eq!(params.compute, ComputeParams::default());

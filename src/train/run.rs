@@ -33,8 +33,10 @@ const MLX_VERSION: &str = "0.32.4";
 /// A train stage's params. Defaults are the reference run (XTR-base, LoRA r16
 /// / alpha 32 on q and v, batch 12 x 4 accumulated, 3 epochs, lr 2e-5 cosine
 /// with 500 warmup steps, InfoNCE t 0.07 + margin 0.2 weight 0.1).
+// No `deny_unknown_fields`: the `train` kind flattens this beside the compute
+// params, and its decoding refuses unknown keys itself (`stages::decode`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct TrainConfig {
     /// A directory, a Hugging Face repo id in the local cache, or `t5-base-random`
     /// (see [`crate::model::resolve`]).

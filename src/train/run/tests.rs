@@ -350,7 +350,7 @@ fn an_empty_split_or_too_large_a_batch_is_a_clear_error() {
 }
 
 #[test]
-fn the_config_reads_like_the_reference_and_rejects_unknown_keys() {
+fn the_config_reads_like_the_reference_and_rejects_unknown_nested_keys() {
     let cfg: TrainConfig =
         toml::from_str("lr = 1e-4\nlora = { r = 8, targets = [\"q\", \"k\"] }\n").unwrap();
     assert_eq!(cfg.lr, 1e-4);
@@ -370,10 +370,8 @@ fn the_config_reads_like_the_reference_and_rejects_unknown_keys() {
         (d.loss.temperature, d.loss.margin, d.loss.margin_weight),
         (0.07, 0.2, 0.1)
     );
-    let err = toml::from_str::<TrainConfig>("batchsize = 3")
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("batchsize"), "{err}");
+    // A top-level unknown key (`batchsize`) is refused by the `train` kind's
+    // decoding, which flattens this struct (tested in `stages::train`).
     assert!(toml::from_str::<TrainConfig>("lora = { rank = 3 }").is_err());
     assert!(toml::from_str::<TrainConfig>("schedule = \"step\"").is_err());
 }

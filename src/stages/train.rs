@@ -1,0 +1,182 @@
+//! `train`: LoRA fine-tuning of a multi-vector model on a dataset artifact's
+//! train split (validation on its eval split), resumable from the checkpoints
+//! it keeps in the store's working directory for its key. The glue around
+//! [`crate::train::run::train`]: params, model resolution before anything runs,
+//! the progress bar.
+
+use std::io::Write;
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+
+use super::compute::{Compute, ComputeParams};
+use super::{param_error, Arity, Configured, Dep, InputRole, Kind, Output, Stage, StageContext};
+use crate::dataset::PAIRS_FILE;
+use crate::model::resolve::{resolve_in, HfCache, ModelSource};
+use crate::pipeline::{ConfigError, StageSpec};
+use crate::progress;
+use crate::train::run::{train, TrainConfig, TrainPaths};
+
+pub const KIND: Kind = Kind {
+    name: "train",
+    version: 1,
+    summary: "LoRA fine-tuning (MaxSim InfoNCE + margin) on a dataset's train split, resumable",
+    template: include_str!("../../stages/train.toml"),
+    inputs: &[InputRole {
+        role: "dataset",
+        kinds: &["dataset"],
+        arity: Arity::One,
+    }],
+    outputs: &[
+        Output {
+            file: ADAPTERS,
+            what: "the LoRA adapters (PEFT names)",
+        },
+        Output {
+            file: "lora_config.json",
+            what: "the PEFT adapter config",
+        },
+        Output {
+            file: TRAIN_JSON,
+            what: "the config as used, final loss, wall time, samples/s, device, engine",
+        },
+        Output {
+            file: "metrics.parquet",
+            what: "one row per step: loss, lr, grad norm, samples/s, validation",
+        },
+        Output {
+            file: "metrics.json",
+            what: "final_loss, val_loss, val_accuracy, samples_per_s, steps",
+        },
+    ],
+    configure,
+};
+
+/// The adapters of a train artifact.
+pub const ADAPTERS: &str = "adapters.safetensors";
+/// The summary of a train artifact (its `model` names the base it trained).
+pub const TRAIN_JSON: &str = "train.json";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Params {
+    #[serde(flatten)]
+    pub config: TrainConfig,
+    #[serde(flatten)]
+    pub compute: ComputeParams,
+}
+
+struct TrainStage {
+    config: TrainConfig,
+    model: ModelSource,
+    compute: Compute,
+}
+
+fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
+    let params: Params = super::decode(spec)?;
+    if let Err(e) = params.config.validate() {
+        return Err(param_error(spec, &[], format!("{e:#}")));
+    }
+    let compute = Compute::configure(spec, &params.compute)?;
+    let model = resolve_model(spec, &params.config.model)?;
+    let deps = model_deps(spec, &model);
+    let stage = TrainStage {
+        config: params.config.clone(),
+        model,
+        compute,
+    };
+    Ok(Configured::new(spec, &params, stage)?
+        .with_deps(deps)
+        .with_compute(&compute))
+}
+
+/// The `model` param resolved on this machine, or a located error saying
+/// where to put it (before anything runs).
+pub(super) fn resolve_model(spec: &StageSpec, model: &str) -> Result<ModelSource, ConfigError> {
+    resolve_in(model, &spec.dir, &HfCache::from_env())
+        .map_err(|e| param_error(spec, &["model"], format!("{e:#}")))
+}
+
+/// A model directory's files enter the key.
+pub(super) fn model_deps(spec: &StageSpec, model: &ModelSource) -> Vec<Dep> {
+    match model {
+        ModelSource::Dir(dir) => vec![Dep {
+            name: dir.root.to_string_lossy().into_owned(),
+            path: dir.root.clone(),
+            origin: spec.params.origin_at(&["model".to_string()]).clone(),
+        }],
+        ModelSource::RandomT5 => Vec::new(),
+    }
+}
+
+impl Stage for TrainStage {
+    fn run(&self, ctx: &StageContext<'_>) -> Result<()> {
+        let pairs = ctx.inputs.one("dataset")?.file(PAIRS_FILE)?;
+        let mut log = ctx.log.try_clone()?;
+        let paths = TrainPaths {
+            pairs: &pairs,
+            work_dir: &ctx.work_dir,
+            out_dir: &ctx.out_dir,
+        };
+        let bar = progress::bar(ctx.stage, 0, "steps");
+        let mut on_step = |r: &crate::train::checkpoint::StepRecord| {
+            bar.set_length(r.total_steps);
+            bar.set_position(r.step);
+            bar.set_message(format!(
+                "loss {:.4} {:.1} samples/s",
+                r.loss, r.samples_per_s
+            ));
+        };
+        let summary = {
+            let _mlx = self.compute.enter()?;
+            train(
+                &self.config,
+                &self.model,
+                self.compute.dtype.dtype(),
+                &paths,
+                ctx.cancel,
+                &mut log,
+                &mut on_step,
+            )
+        };
+        bar.finish_and_clear();
+        let summary = summary?;
+        writeln!(
+            log,
+            "trained {} steps: final loss {:.4}, {:.1} samples/s",
+            summary.steps, summary.final_loss, summary.samples_per_s
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The template documents the defaults (the reference run); they are the code's.
+    #[test]
+    fn the_template_holds_the_defaults() -> Result<(), ConfigError> {
+        let spec = crate::stages::template_spec(&KIND, "")?;
+        let params: Params = crate::stages::decode(&spec)?;
+        assert_eq!(params.config, TrainConfig::default());
+        assert_eq!(params.compute, ComputeParams::default());
+        Ok(())
+    }
+
+    #[test]
+    fn bad_values_are_located_errors() {
+        let spec = crate::stages::template_spec(&KIND, "batch_size = 1\nlrr = 1\n").unwrap();
+        let err = configure(&spec)
+            .err()
+            .map(|e| e.render())
+            .unwrap_or_default();
+        assert!(err.contains("unknown key `lrr`"), "{err}");
+        assert!(err.contains("did you mean `lr`?"), "{err}");
+        let spec = crate::stages::template_spec(&KIND, "batch_size = 1\n").unwrap();
+        let err = configure(&spec)
+            .err()
+            .map(|e| e.render())
+            .unwrap_or_default();
+        assert!(err.contains("batch_size must be at least 2"), "{err}");
+    }
+}

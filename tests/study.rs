@@ -1,0 +1,135 @@
+//! The study's stages end to end through the CLI, on a micro config: a source
+//! tree written here, the tiny word-level BERT fixture, a handful of steps.
+
+mod common;
+
+use common::{stage, stderr, Project};
+
+const MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/tiny_bert_words"
+);
+
+/// A Python package whose functions' docstrings and bodies use the fixture's
+/// words: function i (in its own module, so splits by file spread them) is
+/// documented by two words that its body repeats.
+fn write_sources(p: &Project, n: usize) {
+    let word = |i: usize| format!("w{}", 2 + i % 98);
+    for i in 0..n {
+        let (a, b) = (word(i * 3), word(i * 7 + 1));
+        let text = format!(
+            "def f{i}(x):\n    \"\"\"{a} {b} of the input.\"\"\"\n    y = \"{a} {} {b}\"\n    return \"{} {}\" + y\n\n",
+            word(i * 5 + 2),
+            word(i * 11 + 3),
+            word(i + 40)
+        );
+        p.file(&format!("src/pkg/m{i}.py"), &text);
+    }
+}
+
+fn micro_pipeline(p: &Project) {
+    write_sources(p, 48);
+    p.file(
+        "p.toml",
+        &format!(
+            r#"[pipeline]
+name = "micro"
+
+[stage.dataset]
+kind = "dataset"
+sources = [{{ lang = "python", path = "src" }}]
+split = {{ train = 0.8, eval = 0.2, test = 0.0 }}
+drop_tests = false
+
+[stage.train]
+uses = "train"
+needs = ["dataset"]
+model = "{MODEL}"
+batch_size = 4
+grad_accum = 1
+epochs = 1
+max_steps = 3
+warmup_steps = 1
+checkpoint_every = 2
+eval_every = 0
+eval_batches = 2
+max_query_tokens = 16
+max_doc_tokens = 32
+compile = false
+device = "cpu"
+
+[stage.merge]
+uses = "merge"
+needs = ["train"]
+"#
+        ),
+    );
+}
+
+#[test]
+fn dataset_train_merge_run_cache_and_rerun_what_a_change_touches() {
+    let p = Project::new();
+    micro_pipeline(&p);
+    let first = p.json(&["run", "p.toml"]);
+    for name in ["dataset", "train", "merge"] {
+        assert_eq!(stage(&first, name)["status"], "ran", "{first}");
+    }
+    let train_out = std::path::PathBuf::from(stage(&first, "train")["artifact"].as_str().unwrap());
+    for f in [
+        "adapters.safetensors",
+        "lora_config.json",
+        "train.json",
+        "metrics.parquet",
+    ] {
+        assert!(train_out.join(f).is_file(), "train artifact lacks {f}");
+    }
+    assert_eq!(stage(&first, "train")["metrics"]["steps"], 3, "{first}");
+    let merged = std::path::PathBuf::from(stage(&first, "merge")["artifact"].as_str().unwrap());
+    assert!(merged.join("model/config.json").is_file());
+    assert!(merged.join("model/model.safetensors").is_file());
+    // The merged model is a model: embed loads it.
+    let model = merged.join("model");
+    let embedded = p.json(&["embed", "--model", model.to_str().unwrap(), "w2 w3"]);
+    assert_eq!(
+        embedded["texts"][0]["tokens"].as_array().map(Vec::len),
+        Some(2)
+    );
+
+    let again = p.json(&["run", "p.toml"]);
+    for name in ["dataset", "train", "merge"] {
+        assert_eq!(stage(&again, name)["status"], "cached", "{again}");
+    }
+    let lr = p.json(&["run", "p.toml", "--set", "train.lr=1e-4"]);
+    assert_eq!(stage(&lr, "dataset")["status"], "cached");
+    assert_eq!(stage(&lr, "train")["status"], "ran");
+    assert_eq!(stage(&lr, "merge")["status"], "ran");
+}
+
+#[test]
+fn a_train_stage_without_its_dataset_or_model_is_refused_before_anything_runs() {
+    let p = Project::new();
+    micro_pipeline(&p);
+    let out = p.xtr(&["run", "p.toml", "--set", "train.model=no/such-model"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "--set train.model=no/such-model: stage `train`: model \"no/such-model\" not found"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("Put the model there"), "{err}");
+    assert!(p.artifacts().is_empty(), "nothing ran: {err}");
+
+    let text = p
+        .read("p.toml")
+        .replace("needs = [\"dataset\"]\nmodel", "model");
+    p.file("p.toml", &text);
+    let out = p.xtr(&["run", "p.toml"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("stage `train`: train needs a dataset input (a stage of kind dataset)"),
+        "{err}"
+    );
+}
