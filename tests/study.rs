@@ -25,6 +25,15 @@ fn write_sources(p: &Project, n: usize) {
         );
         p.file(&format!("src/pkg/m{i}.py"), &text);
     }
+    let mut queries = String::new();
+    for i in 0..8 {
+        queries.push_str(&format!(
+            "[[query]]\ntext = \"{} {}\"\nexpect = [\"pkg/m{i}.py::f{i}\"]\nwhy = \"its docstring\"\n\n",
+            word(i * 3),
+            word(i * 7 + 1)
+        ));
+    }
+    p.file("queries.toml", &queries);
 }
 
 fn micro_pipeline(p: &Project) {
@@ -61,19 +70,39 @@ device = "cpu"
 [stage.merge]
 uses = "merge"
 needs = ["train"]
+
+[stage.index]
+uses = "index"
+needs = ["merge"]
+sources = [{{ lang = "python", path = "src" }}]
+device = "cpu"
+
+[stage.eval]
+uses = "eval"
+needs = ["index"]
+queries = "queries.toml"
+device = "cpu"
 "#
         ),
     );
 }
 
 #[test]
-fn dataset_train_merge_run_cache_and_rerun_what_a_change_touches() {
+fn every_study_stage_runs_caches_and_reruns_what_a_change_touches() {
     let p = Project::new();
     micro_pipeline(&p);
     let first = p.json(&["run", "p.toml"]);
-    for name in ["dataset", "train", "merge"] {
+    const ALL: [&str; 5] = ["dataset", "train", "merge", "index", "eval"];
+    for name in ALL {
         assert_eq!(stage(&first, name)["status"], "ran", "{first}");
     }
+    let eval = &stage(&first, "eval")["metrics"];
+    for metric in ["semantic_p_at_1", "bm25_mrr", "hybrid_rrf_ndcg_at_10"] {
+        let v = eval[metric].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=1.0).contains(&v), "{metric} = {v} in {eval}");
+    }
+    // Every query's words are its target's docstring: BM25 finds them all.
+    assert_eq!(eval["bm25_p_at_1"], 1.0, "{eval}");
     let train_out = std::path::PathBuf::from(stage(&first, "train")["artifact"].as_str().unwrap());
     for f in [
         "adapters.safetensors",
@@ -96,13 +125,21 @@ fn dataset_train_merge_run_cache_and_rerun_what_a_change_touches() {
     );
 
     let again = p.json(&["run", "p.toml"]);
-    for name in ["dataset", "train", "merge"] {
+    for name in ALL {
         assert_eq!(stage(&again, name)["status"], "cached", "{again}");
     }
+    let k = p.json(&["run", "p.toml", "--set", "eval.k=5"]);
+    let ran: Vec<&str> = ALL
+        .into_iter()
+        .filter(|n| stage(&k, n)["status"] == "ran")
+        .collect();
+    assert_eq!(ran, ["eval"], "{k}");
     let lr = p.json(&["run", "p.toml", "--set", "train.lr=1e-4"]);
-    assert_eq!(stage(&lr, "dataset")["status"], "cached");
-    assert_eq!(stage(&lr, "train")["status"], "ran");
-    assert_eq!(stage(&lr, "merge")["status"], "ran");
+    let ran: Vec<&str> = ALL
+        .into_iter()
+        .filter(|n| stage(&lr, n)["status"] == "ran")
+        .collect();
+    assert_eq!(ran, ["train", "merge", "index", "eval"], "{lr}");
 }
 
 #[test]

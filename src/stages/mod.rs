@@ -6,6 +6,8 @@
 pub mod cmd;
 pub mod compute;
 pub mod dataset;
+pub mod eval;
+pub mod index;
 mod inputs;
 pub mod merge;
 pub mod profile;
@@ -135,6 +137,8 @@ pub static KINDS: &[Kind] = &[
     profile::KIND,
     train::KIND,
     merge::KIND,
+    index::KIND,
+    eval::KIND,
 ];
 
 /// The built-in kinds' templates, for `uses = "<kind>"` without a `stages/` directory.

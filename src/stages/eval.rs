@@ -1,0 +1,190 @@
+//! `eval`: a query set against the index of the `index` stage it needs, in each
+//! search mode: P@1, MRR, Recall@5/10, nDCG@10 and latency. The glue around
+//! [`crate::eval::run::evaluate`]: params, the query set (its file enters the
+//! key; an expected target the index lacks is an error naming the query).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::compute::{Compute, ComputeParams};
+use super::index::INDEX_DIR;
+use super::{param_error, Arity, Configured, Dep, InputRole, Kind, Output, Stage, StageContext};
+use crate::eval::queries::QuerySet;
+use crate::eval::run::{evaluate, EvalOptions};
+use crate::pipeline::{ConfigError, StageSpec};
+use crate::search::{Index, Mode, ModelEmbedder, SearchOptions};
+
+pub const KIND: Kind = Kind {
+    name: "eval",
+    version: 1,
+    summary: "code-search quality of an index: P@1, MRR, R@5/10, nDCG@10, latency per mode",
+    template: include_str!("../../stages/eval.toml"),
+    inputs: &[InputRole {
+        role: "index",
+        kinds: &["index"],
+        arity: Arity::One,
+    }],
+    outputs: &[
+        Output {
+            file: EVAL_JSON,
+            what: "per mode: the means, latency, and every query's ranking and scores",
+        },
+        Output {
+            file: "metrics.json",
+            what: "<mode>_p_at_1, <mode>_mrr, ... for every mode",
+        },
+    ],
+    configure,
+};
+
+/// The full report of an eval artifact.
+pub const EVAL_JSON: &str = "eval.json";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Params {
+    /// The query set (TOML), relative to the pipeline file.
+    pub queries: String,
+    /// Hits ranked per query.
+    #[serde(default = "default_k")]
+    pub k: usize,
+    #[serde(default = "all_modes")]
+    pub modes: Vec<Mode>,
+    /// The semantic share of weighted fusion (BM25 gets the rest).
+    #[serde(default = "default_weight")]
+    pub semantic_weight: f32,
+    /// Hits each retriever contributes to a fusion.
+    #[serde(default = "default_depth")]
+    pub fusion_depth: usize,
+    #[serde(default = "default_query_tokens")]
+    pub max_query_tokens: usize,
+    #[serde(flatten)]
+    pub compute: ComputeParams,
+}
+
+fn default_k() -> usize {
+    SearchOptions::default().k
+}
+fn all_modes() -> Vec<Mode> {
+    Mode::ALL.to_vec()
+}
+fn default_weight() -> f32 {
+    SearchOptions::default().semantic_weight
+}
+fn default_depth() -> usize {
+    SearchOptions::default().fusion_depth
+}
+fn default_query_tokens() -> usize {
+    32
+}
+
+struct EvalStage {
+    params: Params,
+    queries: QuerySet,
+    compute: Compute,
+}
+
+fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
+    let params: Params = super::decode(spec)?;
+    if params.k == 0 {
+        return Err(param_error(spec, &["k"], "`k` must be at least 1"));
+    }
+    if params.modes.is_empty() {
+        return Err(param_error(spec, &["modes"], "`modes` is empty"));
+    }
+    if !(0.0..=1.0).contains(&params.semantic_weight) {
+        return Err(param_error(
+            spec,
+            &["semantic_weight"],
+            "`semantic_weight` must be in [0, 1]",
+        ));
+    }
+    let path: PathBuf = spec.dir.join(&params.queries);
+    let queries =
+        QuerySet::load(&path).map_err(|e| param_error(spec, &["queries"], format!("{e:#}")))?;
+    let compute = Compute::configure(spec, &params.compute)?;
+    let dep = Dep {
+        name: params.queries.clone(),
+        path,
+        origin: spec.params.origin_at(&["queries".to_string()]).clone(),
+    };
+    let stage = EvalStage {
+        params: params.clone(),
+        queries,
+        compute,
+    };
+    Ok(Configured::new(spec, &params, stage)?
+        .with_deps(vec![dep])
+        .with_compute(&compute))
+}
+
+impl Stage for EvalStage {
+    fn run(&self, ctx: &StageContext<'_>) -> Result<()> {
+        let index = Index::open(&ctx.inputs.one("index")?.file(INDEX_DIR)?)?;
+        let p = &self.params;
+        let opts = EvalOptions {
+            modes: p.modes.clone(),
+            search: SearchOptions {
+                k: p.k,
+                semantic_weight: p.semantic_weight,
+                fusion_depth: p.fusion_depth,
+                ..SearchOptions::default()
+            },
+        };
+        let needs_model = p.modes.iter().any(|m| *m != Mode::Bm25);
+        let report = {
+            let _mlx = self.compute.enter()?;
+            let embedder = if needs_model {
+                let model = Path::new(&index.manifest().model);
+                Some(
+                    ModelEmbedder::open(model, 512, p.max_query_tokens).with_context(|| {
+                        format!("loading the index's model {}", model.display())
+                    })?,
+                )
+            } else {
+                None
+            };
+            let embedder = embedder.as_ref().map(|e| e as &dyn crate::search::Embedder);
+            evaluate(&index, &self.queries, embedder, &opts, ctx.cancel)?
+        };
+        let mut log = ctx.log.try_clone()?;
+        let mut metrics = serde_json::Map::new();
+        for m in &report.modes {
+            let s = &m.summary;
+            writeln!(
+                log,
+                "{:<16} P@1 {:.3}  MRR {:.3}  R@5 {:.3}  R@10 {:.3}  nDCG@10 {:.3}  p50 {:.2} ms",
+                m.mode.name(),
+                s.p_at_1,
+                s.mrr,
+                s.recall_at_5,
+                s.recall_at_10,
+                s.ndcg_at_10,
+                m.latency.p50_ms
+            )?;
+            let name = m.mode.name();
+            for (metric, value) in [
+                ("p_at_1", s.p_at_1),
+                ("mrr", s.mrr),
+                ("recall_at_5", s.recall_at_5),
+                ("recall_at_10", s.recall_at_10),
+                ("ndcg_at_10", s.ndcg_at_10),
+            ] {
+                metrics.insert(format!("{name}_{metric}"), value.into());
+            }
+        }
+        std::fs::write(
+            ctx.out_dir.join(EVAL_JSON),
+            serde_json::to_string_pretty(&report)? + "\n",
+        )
+        .context("writing eval.json")?;
+        std::fs::write(
+            ctx.out_dir.join("metrics.json"),
+            serde_json::Value::Object(metrics).to_string(),
+        )
+        .context("writing metrics.json")?;
+        Ok(())
+    }
+}
