@@ -170,3 +170,39 @@ fn a_train_stage_without_its_dataset_or_model_is_refused_before_anything_runs() 
         "{err}"
     );
 }
+
+#[test]
+fn index_and_search_outside_a_pipeline_update_incrementally() {
+    let p = Project::new();
+    write_sources(&p, 12);
+    let built = p.json(&[
+        "index", "src", "--model", MODEL, "--out", "idx", "--lang", "python",
+    ]);
+    assert_eq!(built["stats"]["units"], 12, "{built}");
+    assert_eq!(built["stats"]["embedded"], 12, "{built}");
+    // Query 5's words are f5's docstring.
+    let found = p.json(&[
+        "search", "w17 w38", "--index", "idx", "--mode", "bm25", "-k", "3",
+    ]);
+    let top = &found["hits"][0];
+    assert_eq!(top["path"], "pkg/m5.py", "{found}");
+    assert_eq!(top["symbol"], "f5", "{found}");
+    assert_eq!(top["line"], 1, "{found}");
+    assert!(top["score"].as_f64().is_some(), "{found}");
+    let hybrid = p.json(&["search", "w17 w38", "--index", "idx", "-k", "3"]);
+    assert_eq!(hybrid["mode"], "hybrid_rrf");
+    assert_eq!(hybrid["hits"].as_array().map(Vec::len), Some(3), "{hybrid}");
+    // One edited file: one unit embedded again.
+    let edited = p
+        .read("src/pkg/m3.py")
+        .replace("of the input", "of the output");
+    p.file("src/pkg/m3.py", &edited);
+    let again = p.json(&[
+        "index", "src", "--model", MODEL, "--out", "idx", "--lang", "python",
+    ]);
+    assert_eq!(again["stats"]["embedded"], 1, "{again}");
+    assert_eq!(again["stats"]["reused"], 11, "{again}");
+    let out = p.xtr(&["search", "x", "--index", "nowhere"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("is not an index"), "{}", stderr(&out));
+}

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::PathBuf;
 
-use super::{print_json, Failure, JsonFlag};
+use super::{print_json, select_device, Failure, JsonFlag};
 use crate::stages::compute::{DeviceParam, DtypeParam};
 use crate::train::bench::{BenchOptions, StepShape};
 
@@ -105,18 +105,6 @@ pub struct TrainStepArgs {
     dropout: Option<bool>,
     #[command(flatten)]
     json: JsonFlag,
-}
-
-/// Make `device` MLX's default; `gpu` without one is an error naming the fix.
-fn select_device(device: DeviceParam) -> Result<()> {
-    let Some(chosen) = device.resolve(crate::mlx::gpu_is_available()?) else {
-        anyhow::bail!(
-            "--device gpu: this MLX build has no GPU (the mlx-cpu wheel); install mlx-cuda-13 \
-             (Linux + NVIDIA) or mlx-metal (macOS) of the same version, or use --device cpu"
-        );
-    };
-    crate::mlx::Device::set_default(&chosen.device())?;
-    Ok(())
 }
 
 /// Route a bench command to its function.

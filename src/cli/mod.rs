@@ -3,6 +3,7 @@
 //! pipeline commands live here, the ML ones in [`ml`].
 
 mod ml;
+mod search;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -59,6 +60,10 @@ enum Command {
     Gc(GcArgs),
     /// List the built-in stage kinds.
     Kinds(JsonFlag),
+    /// Index source trees for code search (BM25 + multi-vector), outside a pipeline.
+    Index(search::IndexArgs),
+    /// Search an index: ranked hits with path:line, symbol, score and a snippet.
+    Search(search::SearchArgs),
     /// Print each text's per-token embeddings from a model directory.
     Embed(ml::EmbedArgs),
     /// Benchmarks (release builds only give meaningful figures).
@@ -184,6 +189,8 @@ pub fn main() -> ExitCode {
         Command::Show(args) => cmd_show(args),
         Command::Gc(args) => cmd_gc(args),
         Command::Kinds(args) => cmd_kinds(args),
+        Command::Index(args) => search::cmd_index(args),
+        Command::Search(args) => search::cmd_search(args),
         Command::Embed(args) => ml::cmd_embed(args),
         Command::Bench(command) => ml::bench(command),
     };
@@ -511,4 +518,16 @@ fn cmd_kinds(args: JsonFlag) -> Result<ExitCode, Failure> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Make `device` MLX's default; `gpu` without one is an error naming the fix.
+pub(crate) fn select_device(device: crate::stages::compute::DeviceParam) -> Result<()> {
+    let Some(chosen) = device.resolve(crate::mlx::gpu_is_available()?) else {
+        anyhow::bail!(
+            "--device gpu: this MLX build has no GPU (the mlx-cpu wheel); install mlx-cuda-13 \
+             (Linux + NVIDIA) or mlx-metal (macOS) of the same version, or use --device cpu"
+        );
+    };
+    crate::mlx::Device::set_default(&chosen.device())?;
+    Ok(())
 }
