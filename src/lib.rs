@@ -8,7 +8,8 @@
 //! over MLX's C++ API), [`model`] (T5/BERT encoders, heads, LoRA, merge),
 //! [`dataset`] (code-search pairs from source trees), [`train`] (loss, optimizer,
 //! the train step and loop), [`search`] (BM25, the multi-vector index, fusion),
-//! [`eval`] (retrieval metrics, query sets), [`stages`] (the built-in stage
+//! [`eval`] (retrieval metrics, query sets), [`report`] (markdown and SVG
+//! rendering), [`stages`] (the built-in stage
 //! kinds), [`exec`] (planning and scheduling), [`cli`] (the commands).
 
 pub mod cancel;
@@ -20,6 +21,7 @@ pub mod mlx;
 pub mod model;
 pub mod pipeline;
 pub mod progress;
+pub mod report;
 pub mod search;
 pub mod stages;
 pub mod store;
