@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use polars::prelude::{Column, DataFrame, ParquetReader, ParquetWriter, SerReader};
 
@@ -376,4 +377,115 @@ fn the_config_reads_like_the_reference_and_rejects_unknown_keys() {
     assert!(err.contains("batchsize"), "{err}");
     assert!(toml::from_str::<TrainConfig>("lora = { rank = 3 }").is_err());
     assert!(toml::from_str::<TrainConfig>("schedule = \"step\"").is_err());
+}
+
+/// A benchmark, not a test (`benches/train_loop_cpu.sh` runs it): the loop on
+/// `XTR_BENCH_MODEL` (an HF directory, e.g. all-MiniLM-L6-v2) and
+/// `XTR_BENCH_PAIRS` (a dataset artifact's pairs.parquet) against
+/// `bench train-step` at the same batch and the batches' mean padded lengths;
+/// prints one JSON line.
+#[test]
+#[ignore = "a benchmark: needs XTR_BENCH_MODEL and XTR_BENCH_PAIRS"]
+fn bench_train_loop_against_the_step() {
+    use crate::train::bench::{self, BenchOptions};
+    let (Ok(model), Ok(pairs)) = (
+        std::env::var("XTR_BENCH_MODEL"),
+        std::env::var("XTR_BENCH_PAIRS"),
+    ) else {
+        panic!("set XTR_BENCH_MODEL and XTR_BENCH_PAIRS");
+    };
+    let steps: u64 = std::env::var("XTR_BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        model: model.clone(),
+        grad_accum: 1,
+        max_steps: Some(steps),
+        dropout: false,
+        eval_every: 0,
+        eval_batches: 1,
+        ..TrainConfig::default()
+    };
+    let source = ModelSource::Dir(ModelDir::open(&model).unwrap());
+    let (work, out) = (tmp.path().join("work"), tmp.path().join("out"));
+    let paths = TrainPaths {
+        pairs: Path::new(&pairs),
+        work_dir: &work,
+        out_dir: &out,
+    };
+    let (mut qlen, mut dlen, mut times) = (0usize, 0usize, Vec::new());
+    let mut last = Instant::now();
+    let summary = train(
+        &cfg,
+        &source,
+        Dtype::Float32,
+        &paths,
+        &CancelToken::new(),
+        &mut std::io::sink(),
+        &mut |r| {
+            times.push((r.step, last.elapsed().as_secs_f64(), r.samples_per_s));
+            last = Instant::now();
+        },
+    )
+    .unwrap();
+    // The step alone at the mean padded shape of the run's batches.
+    let batcher_shapes = {
+        let text = data::read_pairs(Path::new(&pairs), "train").unwrap();
+        let ModelSource::Dir(dir) = &source else {
+            unreachable!()
+        };
+        let enc = TextEncoder::from_model_dir(dir, 32, 128).unwrap();
+        let (ex, _) = data::tokenize(&enc, &text, 32, 128, dir.vocab_size()).unwrap();
+        let b = Batcher::new(ex, 12, 0, "train").unwrap();
+        let batches = b.epoch(0);
+        for idx in batches.iter().take(steps as usize) {
+            qlen += idx
+                .iter()
+                .map(|&i| b.examples()[i].query.len())
+                .max()
+                .unwrap();
+            dlen += idx
+                .iter()
+                .map(|&i| b.examples()[i].doc.len())
+                .max()
+                .unwrap();
+        }
+        let n = batches.len().min(steps as usize).max(1);
+        (qlen / n, dlen / n)
+    };
+    let report = bench::run(&BenchOptions {
+        model: model.clone(),
+        batch: 12,
+        qlen: batcher_shapes.0 as i32,
+        dlen: batcher_shapes.1 as i32,
+        steps: 10,
+        warmup: 2,
+        dropout: false,
+        compile: true,
+        dtype: Dtype::Float32,
+    })
+    .unwrap();
+    // Steady state: the steps after the first few (compiles per new shape).
+    let tail: Vec<f64> = times.iter().skip(times.len() / 2).map(|t| t.2).collect();
+    let median = {
+        let mut t = tail.clone();
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "train_samples_per_s_all_steps": summary.samples_per_s,
+            "train_samples_per_s_median_second_half": median,
+            "data_seconds": summary.data_seconds,
+            "train_seconds": summary.train_seconds,
+            "data_share": summary.data_seconds / summary.train_seconds,
+            "mean_padded_qlen": batcher_shapes.0,
+            "mean_padded_dlen": batcher_shapes.1,
+            "bench_train_step_samples_per_s": report.samples_per_s,
+            "steps": summary.steps,
+        })
+    );
 }
