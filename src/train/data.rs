@@ -426,7 +426,7 @@ impl Rng {
     }
 }
 
-/// The examples' count per `doc_key`, for reports (how many duplicates a split holds).
+/// How many examples share their (truncated) document with an earlier one.
 pub fn duplicate_docs(examples: &[Example]) -> usize {
     let mut seen: HashMap<u64, usize> = HashMap::new();
     for e in examples {

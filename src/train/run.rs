@@ -298,7 +298,10 @@ pub fn train(
     std::fs::create_dir_all(paths.work_dir)
         .with_context(|| format!("creating {}", paths.work_dir.display()))?;
     let ckpt_path = checkpoint::path_in(paths.work_dir);
-    let config_json = serde_json::to_value(cfg)?;
+    // What a checkpoint must have been made under to be resumed. Parsed from its
+    // text, as the checkpoint's copy is, so floats compare exactly.
+    let identity = serde_json::json!({ "config": cfg, "dtype": format!("{dtype:?}") });
+    let config_json: serde_json::Value = serde_json::from_str(&identity.to_string())?;
     let mut run = RunState {
         step: 0,
         position: DataPosition::default(),
@@ -407,6 +410,20 @@ pub fn train(
         on_step(&record);
         run.records.push(record);
         if run.step.is_multiple_of(cfg.checkpoint_every) || run.step == total_steps {
+            // A finite loss can still leave overflowed adapters behind: never
+            // let them replace the last good checkpoint.
+            ensure!(
+                trainer.params_finite()?,
+                "step {} of {total_steps}: the adapters are no longer finite; training stopped; {}",
+                run.step,
+                match saved_step {
+                    Some(s) => format!(
+                        "the last good checkpoint (step {s}) is kept in {}",
+                        ckpt_path.display()
+                    ),
+                    None => "no checkpoint was written yet".to_string(),
+                }
+            );
             save(&run, &trainer)?;
             saved_step = Some(run.step);
         }
