@@ -405,7 +405,10 @@ fn bench_train_loop_against_the_step() {
         max_steps: Some(steps),
         dropout: false,
         eval_every: 0,
-        eval_batches: 1,
+        eval_batches: 8,
+        // Short enough a warmup that the loss moves within the steps timed.
+        lr: 1e-4,
+        warmup_steps: 10,
         ..TrainConfig::default()
     };
     let source = ModelSource::Dir(ModelDir::open(&model).unwrap());
@@ -425,7 +428,7 @@ fn bench_train_loop_against_the_step() {
         &CancelToken::new(),
         &mut std::io::sink(),
         &mut |r| {
-            times.push((r.step, last.elapsed().as_secs_f64(), r.samples_per_s));
+            times.push((r.loss, last.elapsed().as_secs_f64(), r.samples_per_s));
             last = Instant::now();
         },
     )
@@ -474,9 +477,16 @@ fn bench_train_loop_against_the_step() {
         t.sort_by(f64::total_cmp);
         t[t.len() / 2]
     };
+    let tenth = (times.len() / 10).max(1);
+    let mean_loss = |t: &[(f32, f64, f64)]| t.iter().map(|x| x.0).sum::<f32>() / t.len() as f32;
     println!(
         "{}",
         serde_json::json!({
+            "loss_first_tenth": mean_loss(&times[..tenth]),
+            "loss_last_tenth": mean_loss(&times[times.len() - tenth..]),
+            "val_loss": summary.val_loss,
+            "val_accuracy": summary.val_accuracy,
+            "train_pairs": summary.train_pairs,
             "train_samples_per_s_all_steps": summary.samples_per_s,
             "train_samples_per_s_median_second_half": median,
             "data_seconds": summary.data_seconds,
