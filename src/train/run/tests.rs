@@ -380,10 +380,11 @@ fn the_config_reads_like_the_reference_and_rejects_unknown_keys() {
 }
 
 /// A benchmark, not a test (`benches/train_loop_cpu.sh` runs it): the loop on
-/// `XTR_BENCH_MODEL` (an HF directory, e.g. all-MiniLM-L6-v2) and
-/// `XTR_BENCH_PAIRS` (a dataset artifact's pairs.parquet) against
-/// `bench train-step` at the same batch and the batches' mean padded lengths;
-/// prints one JSON line.
+/// `XTR_BENCH_MODEL` (an HF directory, e.g. all-MiniLM-L6-v2, or
+/// `t5-base-random`) and `XTR_BENCH_PAIRS` (a dataset artifact's
+/// pairs.parquet) against `bench train-step` at the same batch and the
+/// batches' mean padded lengths; prints one JSON line. `XTR_BENCH_DEVICE=gpu`
+/// runs both on the GPU, `XTR_BENCH_BATCH` sets the batch (default 12).
 #[test]
 #[ignore = "a benchmark: needs XTR_BENCH_MODEL and XTR_BENCH_PAIRS"]
 fn bench_train_loop_against_the_step() {
@@ -394,13 +395,23 @@ fn bench_train_loop_against_the_step() {
     ) else {
         panic!("set XTR_BENCH_MODEL and XTR_BENCH_PAIRS");
     };
-    let steps: u64 = std::env::var("XTR_BENCH_STEPS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
+    let env_num = |name: &str, default: u64| -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let (steps, batch) = (
+        env_num("XTR_BENCH_STEPS", 20),
+        env_num("XTR_BENCH_BATCH", 12),
+    );
+    if std::env::var("XTR_BENCH_DEVICE").as_deref() == Ok("gpu") {
+        crate::mlx::Device::set_default(&crate::mlx::Device::gpu()).unwrap();
+    }
     let tmp = tempfile::tempdir().unwrap();
     let cfg = TrainConfig {
         model: model.clone(),
+        batch_size: batch as usize,
         grad_accum: 1,
         max_steps: Some(steps),
         dropout: false,
@@ -411,7 +422,7 @@ fn bench_train_loop_against_the_step() {
         warmup_steps: 10,
         ..TrainConfig::default()
     };
-    let source = ModelSource::Dir(ModelDir::open(&model).unwrap());
+    let source = crate::model::resolve::resolve(&model).unwrap();
     let (work, out) = (tmp.path().join("work"), tmp.path().join("out"));
     let paths = TrainPaths {
         pairs: Path::new(&pairs),
@@ -436,12 +447,15 @@ fn bench_train_loop_against_the_step() {
     // The step alone at the mean padded shape of the run's batches.
     let batcher_shapes = {
         let text = data::read_pairs(Path::new(&pairs), "train").unwrap();
-        let ModelSource::Dir(dir) = &source else {
-            unreachable!()
+        let (enc, vocab) = match &source {
+            ModelSource::Dir(dir) => (
+                TextEncoder::from_model_dir(dir, 32, 128).unwrap(),
+                dir.vocab_size(),
+            ),
+            ModelSource::RandomT5 => (TextEncoder::Hashing { vocab: 32128 }, 32128),
         };
-        let enc = TextEncoder::from_model_dir(dir, 32, 128).unwrap();
-        let (ex, _) = data::tokenize(&enc, &text, 32, 128, dir.vocab_size()).unwrap();
-        let b = Batcher::new(ex, 12, 0, "train").unwrap();
+        let (ex, _) = data::tokenize(&enc, &text, 32, 128, vocab).unwrap();
+        let b = Batcher::new(ex, batch as usize, 0, "train").unwrap();
         let batches = b.epoch(0);
         for idx in batches.iter().take(steps as usize) {
             qlen += idx
@@ -460,7 +474,7 @@ fn bench_train_loop_against_the_step() {
     };
     let report = bench::run(&BenchOptions {
         model: model.clone(),
-        batch: 12,
+        batch: batch as i32,
         qlen: batcher_shapes.0 as i32,
         dlen: batcher_shapes.1 as i32,
         steps: 10,
@@ -496,6 +510,8 @@ fn bench_train_loop_against_the_step() {
             "mean_padded_dlen": batcher_shapes.1,
             "bench_train_step_samples_per_s": report.samples_per_s,
             "steps": summary.steps,
+            "device": summary.device,
+            "batch": batch,
         })
     );
 }
