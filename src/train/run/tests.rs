@@ -16,6 +16,11 @@ const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny_
 /// The tiny BERT (vocabulary 100) plus a whitespace word tokenizer over
 /// `[PAD]`, `[UNK]`, `w2` ... `w99`.
 pub(crate) fn tiny_model_with_tokenizer(dir: &Path) -> PathBuf {
+    tiny_model_with_words(dir, 100)
+}
+
+/// The tiny BERT with a word tokenizer of `words` entries.
+fn tiny_model_with_words(dir: &Path, words: usize) -> PathBuf {
     let root = dir.join("model");
     std::fs::create_dir_all(root.join("2_Dense")).unwrap();
     for f in [
@@ -30,7 +35,7 @@ pub(crate) fn tiny_model_with_tokenizer(dir: &Path) -> PathBuf {
     let mut vocab = serde_json::Map::new();
     vocab.insert("[PAD]".into(), 0.into());
     vocab.insert("[UNK]".into(), 1.into());
-    for i in 2..100 {
+    for i in 2..words {
         vocab.insert(format!("w{i}"), i.into());
     }
     let tokenizer = serde_json::json!({
@@ -348,6 +353,34 @@ fn an_empty_split_or_too_large_a_batch_is_a_clear_error() {
         "{msg}"
     );
     assert!(msg.contains("(6 pairs)"), "{msg}");
+}
+
+#[test]
+fn a_tokenizer_larger_than_the_model_vocabulary_is_refused() {
+    let s = setup(8, 0);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = ModelDir::open(tiny_model_with_words(tmp.path(), 150)).unwrap();
+    let paths = TrainPaths {
+        pairs: &s.pairs,
+        work_dir: &tmp.path().join("work"),
+        out_dir: &tmp.path().join("out"),
+    };
+    let err = train(
+        &config(),
+        &ModelSource::Dir(dir),
+        Dtype::Float32,
+        &paths,
+        &CancelToken::new(),
+        &mut Vec::new(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("has 150 tokens but the model's embedding table has 100"),
+        "{msg}"
+    );
+    assert!(msg.contains("does not match the model"), "{msg}");
 }
 
 #[test]
