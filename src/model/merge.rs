@@ -274,6 +274,57 @@ mod tests {
         }
     }
 
+    /// PyTorch's side, from the golden fixtures: PEFT's `merge_and_unload()`
+    /// weights and the PEFT model's `last_hidden_state` (what `transformers`
+    /// computes); the merged directory must reproduce both.
+    #[test]
+    fn merging_peft_adapters_matches_peft_merge_and_unload() {
+        for name in ["tiny_bert", "tiny_t5_gated"] {
+            let tmp = tempfile::tempdir().unwrap();
+            let base = ModelDir::open(fixture(name)).unwrap();
+            let adapters = fixture(&format!("{name}_lora_peft/adapter_model.safetensors"));
+            let out = tmp.path().join("merged");
+            let summary = merge(&base, &adapters, &out).unwrap();
+            assert_eq!((summary.r, summary.alpha), (4, 8.0), "{name}");
+            let golden =
+                io::load_safetensors(fixture(&format!("golden/{name}_lora.safetensors"))).unwrap();
+            let merged = io::load_safetensors(out.join("model.safetensors")).unwrap();
+            let mut checked = 0;
+            for (key, want) in golden.iter().filter(|(k, _)| k.starts_with("fused.")) {
+                let got = &merged[key.trim_start_matches("fused.")];
+                let (g, w) = (got.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap());
+                let d = g
+                    .iter()
+                    .zip(&w)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(d < 1e-6, "{name}: {key} differs from PEFT's merge by {d}");
+                checked += 1;
+            }
+            assert_eq!(checked, 4, "{name}: q and v of two layers");
+
+            let encoder = ModelDir::open(&out)
+                .unwrap()
+                .load_encoder(&LoadOptions::default())
+                .unwrap();
+            let hidden = encoder
+                .forward(&golden["input_ids"], &golden["attention_mask"])
+                .unwrap()
+                .to_vec::<f32>()
+                .unwrap();
+            let want = golden["last_hidden_state"].to_vec::<f32>().unwrap();
+            let d = hidden
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                d < 1e-4,
+                "{name}: merged hidden states differ from PEFT's by {d}"
+            );
+        }
+    }
+
     #[test]
     fn tokenizer_files_are_copied_and_other_weight_formats_are_not() {
         let tmp = tempfile::tempdir().unwrap();

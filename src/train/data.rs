@@ -239,6 +239,7 @@ pub struct Batcher {
     examples: Vec<Example>,
     batch_size: usize,
     seed: u64,
+    pad_multiple: usize,
 }
 
 impl Batcher {
@@ -273,7 +274,16 @@ impl Batcher {
             examples,
             batch_size,
             seed,
+            pad_multiple: 1,
         })
+    }
+
+    /// Pads each batch to its longest text rounded up to a multiple of `m`
+    /// (default 1: the longest). Fewer distinct shapes mean fewer traces of a
+    /// compiled step; the padding is masked out, so results do not change.
+    pub fn with_pad_multiple(mut self, m: usize) -> Batcher {
+        self.pad_multiple = m.max(1);
+        self
     }
 
     pub fn examples(&self) -> &[Example] {
@@ -320,8 +330,8 @@ impl Batcher {
             .map(|&i| &self.examples[i].query[..])
             .collect();
         let docs: Vec<&[i32]> = indices.iter().map(|&i| &self.examples[i].doc[..]).collect();
-        let (query_ids, query_mask) = pad(&queries)?;
-        let (doc_ids, doc_mask) = pad(&docs)?;
+        let (query_ids, query_mask) = pad(&queries, self.pad_multiple)?;
+        let (doc_ids, doc_mask) = pad(&docs, self.pad_multiple)?;
         Ok(Batch {
             query_ids,
             query_mask,
@@ -331,9 +341,10 @@ impl Batcher {
     }
 }
 
-/// `[n, longest]` ids and 0/1 mask.
-fn pad(rows: &[&[i32]]) -> Result<(Array, Array)> {
-    let width = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
+/// `[n, longest rounded up to a multiple of multiple]` ids and 0/1 mask.
+fn pad(rows: &[&[i32]], multiple: usize) -> Result<(Array, Array)> {
+    let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
+    let width = longest.div_ceil(multiple) * multiple;
     let mut ids = vec![0i32; rows.len() * width];
     let mut mask = vec![0i32; rows.len() * width];
     for (r, row) in rows.iter().enumerate() {
@@ -415,7 +426,7 @@ impl Rng {
     }
 }
 
-/// The examples' count per `doc_key`, for reports (how many duplicates a split holds).
+/// How many examples share their (truncated) document with an earlier one.
 pub fn duplicate_docs(examples: &[Example]) -> usize {
     let mut seen: HashMap<u64, usize> = HashMap::new();
     for e in examples {
@@ -546,6 +557,26 @@ mod tests {
                 &b.examples()[i].doc[..]
             );
         }
+    }
+
+    #[test]
+    fn a_pad_multiple_rounds_the_longest_up() {
+        let b = batcher(20, 20, 4, 0).with_pad_multiple(8);
+        let idx = [0usize, 1, 2, 3];
+        let batch = b.batch(&idx).unwrap();
+        let longest_d = idx
+            .iter()
+            .map(|&i| b.examples()[i].doc.len())
+            .max()
+            .unwrap();
+        assert_eq!(
+            batch.doc_ids.shape(),
+            &[4, longest_d.div_ceil(8) as i32 * 8]
+        );
+        assert_eq!(batch.query_ids.shape(), &[4, 8], "queries of 1..4 tokens");
+        let real: i32 = batch.doc_mask.to_vec::<i32>().unwrap().iter().sum();
+        let want: usize = idx.iter().map(|&i| b.examples()[i].doc.len()).sum();
+        assert_eq!(real as usize, want, "padding is masked");
     }
 
     #[test]

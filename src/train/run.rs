@@ -9,14 +9,14 @@
 //! `lora_config.json`, `metrics.parquet`, `train.json`, `metrics.json`.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Checkpoint, RunState, StepRecord};
-use super::data::{self, Batcher, DataPosition, TextEncoder, TextPair};
+use super::data::{self, Batcher, DataPosition, TextEncoder, TextPair, TokenizeStats};
 use super::loss::LossConfig;
 use super::optim::AdamWConfig;
 use super::schedule::{LrSchedule, Schedule};
@@ -56,6 +56,9 @@ pub struct TrainConfig {
     pub seed: u64,
     pub max_query_tokens: usize,
     pub max_doc_tokens: usize,
+    /// Pad each batch to its longest text rounded up to a multiple of this
+    /// (1: exactly the longest); fewer shapes, fewer traces of the compiled step.
+    pub pad_multiple: usize,
     /// Clip the gradient to this global L2 norm; 0 turns clipping off.
     pub grad_clip: f32,
     pub weight_decay: f32,
@@ -88,6 +91,7 @@ impl Default for TrainConfig {
             seed: 0,
             max_query_tokens: 32,
             max_doc_tokens: 128,
+            pad_multiple: 8,
             grad_clip: 1.0,
             weight_decay: 0.01,
             checkpoint_every: 1000,
@@ -184,6 +188,9 @@ pub struct TrainSummary {
     pub wall_seconds: f64,
     /// Pairs per second of training steps in this attempt.
     pub samples_per_s: f64,
+    /// Seconds of this attempt's steps spent assembling batches (the data
+    /// path's share of the step; tokenization happens before the first step).
+    pub data_seconds: f64,
 }
 
 /// Trains LoRA adapters for `model` (already resolved, loaded in `dtype` on
@@ -208,49 +215,14 @@ pub fn train(
     let wall = Instant::now();
     cfg.validate()?;
     cancel.check()?;
-    let shown = paths.pairs.display();
-    let train_text = data::read_pairs(paths.pairs, "train")?;
-    ensure!(
-        !train_text.is_empty(),
-        "the train split of {shown} is empty: nothing to train on"
-    );
-    let eval_text = data::read_pairs(paths.pairs, "eval")?;
-
     let (loaded, vocab) = model.load(dtype)?;
-    let encoder = match model {
-        ModelSource::Dir(dir) => {
-            TextEncoder::from_model_dir(dir, cfg.max_query_tokens, cfg.max_doc_tokens)?
-        }
-        ModelSource::RandomT5 => TextEncoder::Hashing {
-            vocab: vocab as u32,
-        },
-    };
-    let tokenize = |pairs: &[TextPair]| {
-        data::tokenize(
-            &encoder,
-            pairs,
-            cfg.max_query_tokens,
-            cfg.max_doc_tokens,
-            vocab,
-        )
-    };
-    let (train_examples, train_stats) =
-        tokenize(&train_text).with_context(|| format!("tokenizing the train split of {shown}"))?;
-    let (eval_examples, eval_stats) =
-        tokenize(&eval_text).with_context(|| format!("tokenizing the eval split of {shown}"))?;
-    let duplicate_docs = data::duplicate_docs(&train_examples);
-    let batcher = Batcher::new(
-        train_examples,
-        cfg.batch_size,
-        cfg.seed,
-        &format!("the train split of {shown}"),
-    )?;
-    let eval_set = eval_batches(cfg, eval_examples, log)?;
-    let stream = Stream::new(&batcher, cfg.epochs);
+    let data = Prepared::new(cfg, model, vocab, paths.pairs, log)?;
+    let stream = Stream::new(&data.batcher, cfg.epochs);
     let total_steps = (stream.total / cfg.grad_accum as u64).min(cfg.max_steps.unwrap_or(u64::MAX));
     ensure!(
         total_steps > 0,
-        "the train split of {shown} gives {} batches of {} over {} epochs, fewer than grad_accum {}: not one update",
+        "the train split of {} gives {} batches of {} over {} epochs, fewer than grad_accum {}: not one update",
+        paths.pairs.display(),
         stream.total,
         cfg.batch_size,
         cfg.epochs,
@@ -262,24 +234,12 @@ pub fn train(
         warmup_steps: cfg.warmup_steps,
         total_steps,
     };
-    let step_cfg = StepConfig {
-        lora: cfg.lora.clone(),
-        loss: cfg.loss,
-        adamw: AdamWConfig {
-            lr: cfg.lr,
-            weight_decay: cfg.weight_decay,
-            ..AdamWConfig::default()
-        },
-        train_dropout: cfg.dropout,
-        compile: cfg.compile,
-        seed: cfg.seed,
-    };
-    let mut trainer = Trainer::new(loaded, step_cfg)?;
+    let mut trainer = Trainer::new(loaded, step_config(cfg))?;
     writeln!(
         log,
         "train: {} pairs ({} eval), {} batches of {} per epoch, {} epochs, {total_steps} updates of {} x {}, {} trainable params",
-        train_stats.pairs,
-        eval_stats.pairs,
+        data.train.pairs,
+        data.eval.pairs,
         stream.per_epoch.first().copied().unwrap_or(0),
         cfg.batch_size,
         cfg.epochs,
@@ -287,65 +247,22 @@ pub fn train(
         cfg.batch_size,
         trainer.trainable()
     )?;
+    let mut ckpt = Checkpoints::new(paths.work_dir, cfg, dtype)?;
+    let (mut run, resumed_from) = ckpt.resume(&mut trainer, total_steps, log)?;
 
-    // Resume.
-    std::fs::create_dir_all(paths.work_dir)
-        .with_context(|| format!("creating {}", paths.work_dir.display()))?;
-    let ckpt_path = checkpoint::path_in(paths.work_dir);
-    let config_json = serde_json::to_value(cfg)?;
-    let mut run = RunState {
-        step: 0,
-        position: DataPosition::default(),
-        adam_step: 0,
-        config: config_json.clone(),
-        records: Vec::new(),
-        train_seconds: 0.0,
-    };
-    let mut resumed_from = None;
-    match checkpoint::load(&ckpt_path)? {
-        Some(c) if c.run.config == config_json && c.run.step <= total_steps => {
-            trainer
-                .restore(c.trainer)
-                .with_context(|| format!("resuming from {}", ckpt_path.display()))?;
-            writeln!(
-                log,
-                "train: resuming from the checkpoint at step {}",
-                c.run.step
-            )?;
-            resumed_from = Some(c.run.step);
-            run = c.run;
-        }
-        Some(_) => writeln!(
-            log,
-            "train: {} was made under another config; starting over",
-            ckpt_path.display()
-        )?,
-        None => {}
-    }
-    let mut saved_step = resumed_from;
-    let save = |run: &RunState, trainer: &Trainer| -> Result<()> {
-        checkpoint::save(
-            &ckpt_path,
-            &Checkpoint {
-                run: run.clone(),
-                trainer: trainer.state(),
-            },
-        )
-    };
-
-    // Train.
-    let (mut session_seconds, mut session_samples) = (0.0f64, 0usize);
+    let clip = (cfg.grad_clip > 0.0).then_some(cfg.grad_clip);
+    let mut session = Session::default();
     let mut micro_cache = EpochCache::default();
     while run.step < total_steps {
         if cancel.is_cancelled() {
-            if saved_step != Some(run.step) {
-                save(&run, &trainer)?;
+            if ckpt.saved_step != Some(run.step) {
+                ckpt.save(&run, &trainer)?;
             }
             writeln!(
                 log,
-                "train: interrupted at step {}; a checkpoint is in {}",
+                "train: interrupted at step {}; {}",
                 run.step,
-                ckpt_path.display()
+                ckpt.kept()
             )?;
             return Err(Cancelled.into());
         }
@@ -354,31 +271,25 @@ pub fn train(
         let micro = (first..first + cfg.grad_accum as u64)
             .map(|g| micro_cache.batch(&stream, g))
             .collect::<Result<Vec<Batch>>>()?;
+        session.data_seconds += started.elapsed().as_secs_f64();
         let lr = schedule.lr(run.step);
-        let clip = (cfg.grad_clip > 0.0).then_some(cfg.grad_clip);
         let stats = trainer.accumulate_step(&micro, lr, clip).with_context(|| {
-            let kept = match saved_step {
-                Some(s) => format!(
-                    "the last good checkpoint (step {s}) is kept in {}",
-                    ckpt_path.display()
-                ),
-                None => "no checkpoint was written yet".to_string(),
-            };
             format!(
-                "step {} of {total_steps}: training stopped; {kept}",
-                run.step + 1
+                "step {} of {total_steps}: training stopped; {}",
+                run.step + 1,
+                ckpt.kept()
             )
         })?;
         let seconds = started.elapsed().as_secs_f64();
-        session_seconds += seconds;
-        session_samples += stats.samples;
+        session.seconds += seconds;
+        session.samples += stats.samples;
         run.train_seconds += seconds;
         run.step += 1;
         run.adam_step = trainer.state().adam_step;
         run.position = stream.position(run.step * cfg.grad_accum as u64);
         let validate_now = run.step == total_steps
             || (cfg.eval_every > 0 && run.step.is_multiple_of(cfg.eval_every));
-        let (val_loss, val_accuracy) = match (&eval_set, validate_now) {
+        let (val_loss, val_accuracy) = match (&data.eval_set, validate_now) {
             (Some(set), true) => {
                 let (l, a) = validate(&trainer, set)?;
                 (Some(l), Some(a))
@@ -400,12 +311,18 @@ pub fn train(
         on_step(&record);
         run.records.push(record);
         if run.step.is_multiple_of(cfg.checkpoint_every) || run.step == total_steps {
-            save(&run, &trainer)?;
-            saved_step = Some(run.step);
+            // A finite loss can still leave overflowed adapters behind: never
+            // let them replace the last good checkpoint.
+            ensure!(
+                trainer.params_finite()?,
+                "step {} of {total_steps}: the adapters are no longer finite; training stopped; {}",
+                run.step,
+                ckpt.kept()
+            );
+            ckpt.save(&run, &trainer)?;
         }
     }
 
-    let last = run.records.last().cloned();
     let final_val = run.records.iter().rev().find(|r| r.val_loss.is_some());
     let summary = TrainSummary {
         config: cfg.clone(),
@@ -416,27 +333,185 @@ pub fn train(
             "xtr-pipe {} on MLX {MLX_VERSION}",
             env!("CARGO_PKG_VERSION")
         ),
-        train_pairs: train_stats.pairs,
-        eval_pairs: eval_stats.pairs,
-        dropped_empty: train_stats.dropped_empty + eval_stats.dropped_empty,
-        duplicate_docs,
+        train_pairs: data.train.pairs,
+        eval_pairs: data.eval.pairs,
+        dropped_empty: data.train.dropped_empty + data.eval.dropped_empty,
+        duplicate_docs: data.duplicate_docs,
         batches_per_epoch: stream.per_epoch.clone(),
         steps: run.step,
         trainable_params: trainer.trainable(),
         resumed_from,
-        final_loss: last.as_ref().map_or(f32::NAN, |r| r.loss),
+        final_loss: run.records.last().map_or(f32::NAN, |r| r.loss),
         val_loss: final_val.and_then(|r| r.val_loss),
         val_accuracy: final_val.and_then(|r| r.val_accuracy),
         train_seconds: run.train_seconds,
         wall_seconds: wall.elapsed().as_secs_f64(),
-        samples_per_s: if session_seconds > 0.0 {
-            session_samples as f64 / session_seconds
-        } else {
-            0.0
-        },
+        samples_per_s: session.samples as f64 / session.seconds.max(1e-9),
+        data_seconds: session.data_seconds,
     };
     write_outputs(paths.out_dir, &trainer, &summary, &run.records)?;
     Ok(summary)
+}
+
+/// The AdamW / LoRA / loss settings of one step.
+fn step_config(cfg: &TrainConfig) -> StepConfig {
+    StepConfig {
+        lora: cfg.lora.clone(),
+        loss: cfg.loss,
+        adamw: AdamWConfig {
+            lr: cfg.lr,
+            weight_decay: cfg.weight_decay,
+            ..AdamWConfig::default()
+        },
+        train_dropout: cfg.dropout,
+        compile: cfg.compile,
+        seed: cfg.seed,
+    }
+}
+
+/// This attempt's training time, pairs, and time spent assembling batches.
+#[derive(Default)]
+struct Session {
+    seconds: f64,
+    samples: usize,
+    data_seconds: f64,
+}
+
+/// The tokenized train split as a batcher, and the eval split's batches.
+struct Prepared {
+    batcher: Batcher,
+    eval_set: Option<Vec<Batch>>,
+    train: TokenizeStats,
+    eval: TokenizeStats,
+    duplicate_docs: usize,
+}
+
+impl Prepared {
+    fn new(
+        cfg: &TrainConfig,
+        model: &ModelSource,
+        vocab: i32,
+        pairs: &Path,
+        log: &mut dyn Write,
+    ) -> Result<Prepared> {
+        let shown = pairs.display();
+        let train_text = data::read_pairs(pairs, "train")?;
+        ensure!(
+            !train_text.is_empty(),
+            "the train split of {shown} is empty: nothing to train on"
+        );
+        let eval_text = data::read_pairs(pairs, "eval")?;
+        let (max_q, max_d) = (cfg.max_query_tokens, cfg.max_doc_tokens);
+        let encoder = match model {
+            ModelSource::Dir(dir) => TextEncoder::from_model_dir(dir, max_q, max_d)?,
+            ModelSource::RandomT5 => TextEncoder::Hashing {
+                vocab: vocab as u32,
+            },
+        };
+        let tokenize = |pairs: &[TextPair], split: &str| {
+            data::tokenize(&encoder, pairs, max_q, max_d, vocab)
+                .with_context(|| format!("tokenizing the {split} split of {shown}"))
+        };
+        let (train_examples, train) = tokenize(&train_text, "train")?;
+        let (eval_examples, eval) = tokenize(&eval_text, "eval")?;
+        let duplicate_docs = data::duplicate_docs(&train_examples);
+        let what = format!("the train split of {shown}");
+        let batcher = Batcher::new(train_examples, cfg.batch_size, cfg.seed, &what)?
+            .with_pad_multiple(cfg.pad_multiple);
+        let eval_set = eval_batches(cfg, eval_examples, log)?;
+        Ok(Prepared {
+            batcher,
+            eval_set,
+            train,
+            eval,
+            duplicate_docs,
+        })
+    }
+}
+
+/// The run's checkpoint file and what it must have been made under.
+struct Checkpoints {
+    path: PathBuf,
+    identity: serde_json::Value,
+    /// The step of the checkpoint on disk, if any.
+    saved_step: Option<u64>,
+}
+
+impl Checkpoints {
+    fn new(work_dir: &Path, cfg: &TrainConfig, dtype: Dtype) -> Result<Checkpoints> {
+        std::fs::create_dir_all(work_dir)
+            .with_context(|| format!("creating {}", work_dir.display()))?;
+        // Parsed from its text, as the checkpoint's copy is, so floats compare exactly.
+        let identity = serde_json::json!({ "config": cfg, "dtype": format!("{dtype:?}") });
+        Ok(Checkpoints {
+            path: checkpoint::path_in(work_dir),
+            identity: serde_json::from_str(&identity.to_string())?,
+            saved_step: None,
+        })
+    }
+
+    /// The state to continue from (a fresh one when there is no usable
+    /// checkpoint), and the step resumed from.
+    fn resume(
+        &mut self,
+        trainer: &mut Trainer,
+        total_steps: u64,
+        log: &mut dyn Write,
+    ) -> Result<(RunState, Option<u64>)> {
+        let fresh = RunState {
+            step: 0,
+            position: DataPosition::default(),
+            adam_step: 0,
+            config: self.identity.clone(),
+            records: Vec::new(),
+            train_seconds: 0.0,
+        };
+        match checkpoint::load(&self.path)? {
+            Some(c) if c.run.config == self.identity && c.run.step <= total_steps => {
+                trainer
+                    .restore(c.trainer)
+                    .with_context(|| format!("resuming from {}", self.path.display()))?;
+                writeln!(
+                    log,
+                    "train: resuming from the checkpoint at step {}",
+                    c.run.step
+                )?;
+                self.saved_step = Some(c.run.step);
+                let step = c.run.step;
+                Ok((c.run, Some(step)))
+            }
+            Some(_) => {
+                writeln!(
+                    log,
+                    "train: {} was made under another config; starting over",
+                    self.path.display()
+                )?;
+                Ok((fresh, None))
+            }
+            None => Ok((fresh, None)),
+        }
+    }
+
+    fn save(&mut self, run: &RunState, trainer: &Trainer) -> Result<()> {
+        let ckpt = Checkpoint {
+            run: run.clone(),
+            trainer: trainer.state(),
+        };
+        checkpoint::save(&self.path, &ckpt)?;
+        self.saved_step = Some(run.step);
+        Ok(())
+    }
+
+    /// Where the last good state is, for messages.
+    fn kept(&self) -> String {
+        match self.saved_step {
+            Some(s) => format!(
+                "the last good checkpoint (step {s}) is kept in {}",
+                self.path.display()
+            ),
+            None => "no checkpoint was written yet".to_string(),
+        }
+    }
 }
 
 fn log_step(log: &mut dyn Write, r: &StepRecord) -> Result<()> {
@@ -473,7 +548,8 @@ fn eval_batches(
         )?;
         return Ok(None);
     }
-    let batcher = Batcher::new(examples, size, cfg.seed, "the eval split")?;
+    let batcher = Batcher::new(examples, size, cfg.seed, "the eval split")?
+        .with_pad_multiple(cfg.pad_multiple);
     let batches = batcher
         .epoch(0)
         .iter()

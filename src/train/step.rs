@@ -469,6 +469,22 @@ impl Trainer {
         })
     }
 
+    /// Whether every adapter value is finite (copied to the host: call it
+    /// now and then, not every step).
+    pub fn params_finite(&self) -> Result<bool> {
+        for p in &self.params {
+            if !p
+                .as_type::<f32>()?
+                .to_vec::<f32>()?
+                .iter()
+                .all(|x| x.is_finite())
+            {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// A copy of everything that determines the next steps.
     pub fn state(&self) -> TrainerState {
         TrainerState {
@@ -829,6 +845,19 @@ mod tests {
         assert_eq!(host(&t.state().params), before);
         let loss = t.step(&b, None).unwrap();
         assert!((eval.loss - loss).abs() < 1e-6, "{} vs {loss}", eval.loss);
+    }
+
+    #[test]
+    fn non_finite_adapters_are_noticed() {
+        let mut t = trainer(false);
+        assert!(t.params_finite().unwrap());
+        let mut state = t.state();
+        let shape = state.params[1].shape().to_vec();
+        let mut values = vec![0.0f32; state.params[1].size()];
+        values[0] = f32::INFINITY;
+        state.params[1] = Array::from_slice(&values, &shape).unwrap();
+        t.restore(state).unwrap();
+        assert!(!t.params_finite().unwrap());
     }
 
     #[test]

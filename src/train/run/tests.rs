@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use polars::prelude::{Column, DataFrame, ParquetReader, ParquetWriter, SerReader};
 
@@ -15,6 +16,11 @@ const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny_
 /// The tiny BERT (vocabulary 100) plus a whitespace word tokenizer over
 /// `[PAD]`, `[UNK]`, `w2` ... `w99`.
 pub(crate) fn tiny_model_with_tokenizer(dir: &Path) -> PathBuf {
+    tiny_model_with_words(dir, 100)
+}
+
+/// The tiny BERT with a word tokenizer of `words` entries.
+fn tiny_model_with_words(dir: &Path, words: usize) -> PathBuf {
     let root = dir.join("model");
     std::fs::create_dir_all(root.join("2_Dense")).unwrap();
     for f in [
@@ -29,7 +35,7 @@ pub(crate) fn tiny_model_with_tokenizer(dir: &Path) -> PathBuf {
     let mut vocab = serde_json::Map::new();
     vocab.insert("[PAD]".into(), 0.into());
     vocab.insert("[UNK]".into(), 1.into());
-    for i in 2..100 {
+    for i in 2..words {
         vocab.insert(format!("w{i}"), i.into());
     }
     let tokenizer = serde_json::json!({
@@ -350,6 +356,34 @@ fn an_empty_split_or_too_large_a_batch_is_a_clear_error() {
 }
 
 #[test]
+fn a_tokenizer_larger_than_the_model_vocabulary_is_refused() {
+    let s = setup(8, 0);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = ModelDir::open(tiny_model_with_words(tmp.path(), 150)).unwrap();
+    let paths = TrainPaths {
+        pairs: &s.pairs,
+        work_dir: &tmp.path().join("work"),
+        out_dir: &tmp.path().join("out"),
+    };
+    let err = train(
+        &config(),
+        &ModelSource::Dir(dir),
+        Dtype::Float32,
+        &paths,
+        &CancelToken::new(),
+        &mut Vec::new(),
+        &mut |_| {},
+    )
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("has 150 tokens but the model's embedding table has 100"),
+        "{msg}"
+    );
+    assert!(msg.contains("does not match the model"), "{msg}");
+}
+
+#[test]
 fn the_config_reads_like_the_reference_and_rejects_unknown_nested_keys() {
     let cfg: TrainConfig =
         toml::from_str("lr = 1e-4\nlora = { r = 8, targets = [\"q\", \"k\"] }\n").unwrap();
@@ -374,4 +408,141 @@ fn the_config_reads_like_the_reference_and_rejects_unknown_nested_keys() {
     // decoding, which flattens this struct (tested in `stages::train`).
     assert!(toml::from_str::<TrainConfig>("lora = { rank = 3 }").is_err());
     assert!(toml::from_str::<TrainConfig>("schedule = \"step\"").is_err());
+}
+
+/// A benchmark, not a test (`benches/train_loop_cpu.sh` runs it): the loop on
+/// `XTR_BENCH_MODEL` (an HF directory, e.g. all-MiniLM-L6-v2, or
+/// `t5-base-random`) and `XTR_BENCH_PAIRS` (a dataset artifact's
+/// pairs.parquet) against `bench train-step` at the same batch and the
+/// batches' mean padded lengths; prints one JSON line. `XTR_BENCH_DEVICE=gpu`
+/// runs both on the GPU, `XTR_BENCH_BATCH` sets the batch (default 12).
+#[test]
+#[ignore = "a benchmark: needs XTR_BENCH_MODEL and XTR_BENCH_PAIRS"]
+fn bench_train_loop_against_the_step() {
+    use crate::train::bench::{self, BenchOptions};
+    let (Ok(model), Ok(pairs)) = (
+        std::env::var("XTR_BENCH_MODEL"),
+        std::env::var("XTR_BENCH_PAIRS"),
+    ) else {
+        panic!("set XTR_BENCH_MODEL and XTR_BENCH_PAIRS");
+    };
+    let env_num = |name: &str, default: u64| -> u64 {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let (steps, batch) = (
+        env_num("XTR_BENCH_STEPS", 20),
+        env_num("XTR_BENCH_BATCH", 12),
+    );
+    if std::env::var("XTR_BENCH_DEVICE").as_deref() == Ok("gpu") {
+        crate::mlx::Device::set_default(&crate::mlx::Device::gpu()).unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        model: model.clone(),
+        batch_size: batch as usize,
+        grad_accum: 1,
+        max_steps: Some(steps),
+        dropout: false,
+        eval_every: 0,
+        eval_batches: 8,
+        // Short enough a warmup that the loss moves within the steps timed.
+        lr: 1e-4,
+        warmup_steps: 10,
+        ..TrainConfig::default()
+    };
+    let source = crate::model::resolve::resolve(&model).unwrap();
+    let (work, out) = (tmp.path().join("work"), tmp.path().join("out"));
+    let paths = TrainPaths {
+        pairs: Path::new(&pairs),
+        work_dir: &work,
+        out_dir: &out,
+    };
+    let (mut qlen, mut dlen, mut times) = (0usize, 0usize, Vec::new());
+    let mut last = Instant::now();
+    let summary = train(
+        &cfg,
+        &source,
+        Dtype::Float32,
+        &paths,
+        &CancelToken::new(),
+        &mut std::io::sink(),
+        &mut |r| {
+            times.push((r.loss, last.elapsed().as_secs_f64(), r.samples_per_s));
+            last = Instant::now();
+        },
+    )
+    .unwrap();
+    // The step alone at the mean padded shape of the run's batches.
+    let batcher_shapes = {
+        let text = data::read_pairs(Path::new(&pairs), "train").unwrap();
+        let (enc, vocab) = match &source {
+            ModelSource::Dir(dir) => (
+                TextEncoder::from_model_dir(dir, 32, 128).unwrap(),
+                dir.vocab_size(),
+            ),
+            ModelSource::RandomT5 => (TextEncoder::Hashing { vocab: 32128 }, 32128),
+        };
+        let (ex, _) = data::tokenize(&enc, &text, 32, 128, vocab).unwrap();
+        let b = Batcher::new(ex, batch as usize, 0, "train").unwrap();
+        let batches = b.epoch(0);
+        for idx in batches.iter().take(steps as usize) {
+            qlen += idx
+                .iter()
+                .map(|&i| b.examples()[i].query.len())
+                .max()
+                .unwrap();
+            dlen += idx
+                .iter()
+                .map(|&i| b.examples()[i].doc.len())
+                .max()
+                .unwrap();
+        }
+        let n = batches.len().min(steps as usize).max(1);
+        (qlen / n, dlen / n)
+    };
+    let report = bench::run(&BenchOptions {
+        model: model.clone(),
+        batch: batch as i32,
+        qlen: batcher_shapes.0 as i32,
+        dlen: batcher_shapes.1 as i32,
+        steps: 10,
+        warmup: 2,
+        dropout: false,
+        compile: true,
+        dtype: Dtype::Float32,
+    })
+    .unwrap();
+    // Steady state: the steps after the first few (compiles per new shape).
+    let tail: Vec<f64> = times.iter().skip(times.len() / 2).map(|t| t.2).collect();
+    let median = {
+        let mut t = tail.clone();
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    let tenth = (times.len() / 10).max(1);
+    let mean_loss = |t: &[(f32, f64, f64)]| t.iter().map(|x| x.0).sum::<f32>() / t.len() as f32;
+    println!(
+        "{}",
+        serde_json::json!({
+            "loss_first_tenth": mean_loss(&times[..tenth]),
+            "loss_last_tenth": mean_loss(&times[times.len() - tenth..]),
+            "val_loss": summary.val_loss,
+            "val_accuracy": summary.val_accuracy,
+            "train_pairs": summary.train_pairs,
+            "train_samples_per_s_all_steps": summary.samples_per_s,
+            "train_samples_per_s_median_second_half": median,
+            "data_seconds": summary.data_seconds,
+            "train_seconds": summary.train_seconds,
+            "data_share": summary.data_seconds / summary.train_seconds,
+            "mean_padded_qlen": batcher_shapes.0,
+            "mean_padded_dlen": batcher_shapes.1,
+            "bench_train_step_samples_per_s": report.samples_per_s,
+            "steps": summary.steps,
+            "device": summary.device,
+            "batch": batch,
+        })
+    );
 }
