@@ -82,6 +82,23 @@ uses = "eval"
 needs = ["index"]
 queries = "queries.toml"
 device = "cpu"
+
+[stage.index_base]
+uses = "index"
+model = "{MODEL}"
+sources = [{{ lang = "python", path = "src" }}]
+device = "cpu"
+
+[stage.eval_base]
+uses = "eval"
+needs = ["index_base"]
+queries = "queries.toml"
+device = "cpu"
+
+[stage.report]
+uses = "report"
+needs = ["dataset", "train", "merge", "index", "eval_base", "eval"]
+target = {{ eval = "eval", metric = "bm25_p_at_1", value = 0.5 }}
 "#
         ),
     );
@@ -92,7 +109,16 @@ fn every_study_stage_runs_caches_and_reruns_what_a_change_touches() {
     let p = Project::new();
     micro_pipeline(&p);
     let first = p.json(&["run", "p.toml"]);
-    const ALL: [&str; 5] = ["dataset", "train", "merge", "index", "eval"];
+    const ALL: [&str; 8] = [
+        "dataset",
+        "train",
+        "merge",
+        "index",
+        "eval",
+        "index_base",
+        "eval_base",
+        "report",
+    ];
     for name in ALL {
         assert_eq!(stage(&first, name)["status"], "ran", "{first}");
     }
@@ -103,6 +129,32 @@ fn every_study_stage_runs_caches_and_reruns_what_a_change_touches() {
     }
     // Every query's words are its target's docstring: BM25 finds them all.
     assert_eq!(eval["bm25_p_at_1"], 1.0, "{eval}");
+    let report = p.read("reports/micro.md");
+    for section in [
+        "## Summary",
+        "## Training configuration",
+        "## Training results",
+        "## Loss curve",
+        "## Dataset",
+        "## Evaluation",
+        "## Speed",
+        "## Files created",
+        "## Usage",
+        "## Run facts",
+    ] {
+        assert!(report.contains(section), "no {section} in:\n{report}");
+    }
+    assert!(
+        report.contains("**Target met**: eval bm25_p_at_1 = 1.00"),
+        "{report}"
+    );
+    assert!(p.path("reports/micro-loss.svg").is_file());
+    // The numbers are the artifacts': eval's semantic P@1, as the table prints it.
+    let semantic = format!(
+        "| semantic | {:.3} |",
+        eval["semantic_p_at_1"].as_f64().unwrap()
+    );
+    assert!(report.contains(&semantic), "{semantic} not in:\n{report}");
     let train_out = std::path::PathBuf::from(stage(&first, "train")["artifact"].as_str().unwrap());
     for f in [
         "adapters.safetensors",
@@ -133,13 +185,13 @@ fn every_study_stage_runs_caches_and_reruns_what_a_change_touches() {
         .into_iter()
         .filter(|n| stage(&k, n)["status"] == "ran")
         .collect();
-    assert_eq!(ran, ["eval"], "{k}");
+    assert_eq!(ran, ["eval", "report"], "{k}");
     let lr = p.json(&["run", "p.toml", "--set", "train.lr=1e-4"]);
     let ran: Vec<&str> = ALL
         .into_iter()
         .filter(|n| stage(&lr, n)["status"] == "ran")
         .collect();
-    assert_eq!(ran, ["train", "merge", "index", "eval"], "{lr}");
+    assert_eq!(ran, ["train", "merge", "index", "eval", "report"], "{lr}");
 }
 
 #[test]
@@ -205,4 +257,42 @@ fn index_and_search_outside_a_pipeline_update_incrementally() {
     let out = p.xtr(&["search", "x", "--index", "nowhere"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("is not an index"), "{}", stderr(&out));
+}
+
+/// The report without its run-facts block.
+fn report_body(p: &Project) -> String {
+    let text = p.read("reports/micro.md");
+    text.split("\n---\n").next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn two_clean_runs_agree_on_every_key_and_on_the_report() {
+    let p = Project::new();
+    micro_pipeline(&p);
+    let keys = |r: &serde_json::Value| -> Vec<(String, String)> {
+        r["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["name"].to_string(), s["key"].to_string()))
+            .collect()
+    };
+    let first = p.json(&["run", "p.toml"]);
+    let body = report_body(&p);
+    // A clean second run: the store and the reports moved aside.
+    std::fs::rename(p.path("artifacts"), p.path("artifacts-1")).unwrap();
+    std::fs::rename(p.path("reports"), p.path("reports-1")).unwrap();
+    let second = p.json(&["run", "p.toml"]);
+    assert!(
+        second["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "ran"),
+        "{second}"
+    );
+    assert_eq!(keys(&first), keys(&second));
+    assert_eq!(body, report_body(&p));
+    let svg = |dir: &str| std::fs::read(p.path(&format!("{dir}/micro-loss.svg"))).unwrap();
+    assert_eq!(svg("reports-1"), svg("reports"));
 }

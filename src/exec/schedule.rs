@@ -2,7 +2,7 @@
 //! on worker threads up to `-j`, publish what they produce, and record every
 //! outcome. What happens is told to a [`Reporter`]; nothing here prints.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Instant;
 
@@ -61,10 +61,10 @@ pub fn execute(
                     reason: &p.reason,
                 });
                 let inputs = run.inputs(&ws.store, i);
-                let (tx, store, dir) = (tx.clone(), &ws.store, pipeline.dir.as_path());
+                let (tx, store) = (tx.clone(), &ws.store);
                 let log_name = format!("{run_id}-{}.log", p.name);
                 scope.spawn(move || {
-                    let outcome = run_one(store, p, inputs, dir, cancel, &log_name, reporter);
+                    let outcome = run_one(store, p, inputs, pipeline, cancel, &log_name, reporter);
                     let _ = tx.send((i, outcome));
                 });
             }
@@ -306,7 +306,7 @@ fn run_one(
     store: &Store,
     p: &PlannedStage,
     inputs: Inputs,
-    dir: &Path,
+    pipeline: &Pipeline,
     cancel: &CancelToken,
     log_name: &str,
     reporter: &dyn Reporter,
@@ -345,7 +345,9 @@ fn run_one(
             stage: &p.name,
             out_dir: staging.out_dir(),
             inputs,
-            pipeline_dir: dir,
+            pipeline_dir: &pipeline.dir,
+            pipeline_name: &pipeline.name,
+            reports_dir: &pipeline.reports,
             work_dir: store.work_dir(&p.key)?,
             log: staging.log()?,
             cancel,

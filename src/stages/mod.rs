@@ -11,6 +11,7 @@ pub mod index;
 mod inputs;
 pub mod merge;
 pub mod profile;
+pub mod report;
 pub mod train;
 
 use std::fs::File;
@@ -33,6 +34,9 @@ pub struct StageContext<'a> {
     pub inputs: Inputs,
     /// Relative paths in params resolve against this.
     pub pipeline_dir: &'a Path,
+    /// The pipeline's `name`, and where its reports go (`[pipeline] reports`).
+    pub pipeline_name: &'a str,
+    pub reports_dir: &'a Path,
     /// Survives an interrupted attempt at this key (checkpoints go here, so the
     /// next attempt resumes); removed once the artifact is published.
     pub work_dir: PathBuf,
@@ -139,6 +143,7 @@ pub static KINDS: &[Kind] = &[
     merge::KIND,
     index::KIND,
     eval::KIND,
+    report::KIND,
 ];
 
 /// The built-in kinds' templates, for `uses = "<kind>"` without a `stages/` directory.

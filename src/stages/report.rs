@@ -1,0 +1,541 @@
+//! `report`: the study as one markdown file with its plots, rendered from the
+//! artifacts of the stages it needs (dataset, profile, train, merge, index,
+//! eval), written into its artifact and copied to `reports/<pipeline>.md`. The
+//! same artifacts give the same bytes, but for the "Run facts" block at the end.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::{Arity, Configured, Input, InputRole, Kind, Output, Stage, StageContext};
+use crate::pipeline::{ConfigError, StageSpec};
+use crate::report::{line_svg, num, Markdown};
+
+pub const KIND: Kind = Kind {
+    name: "report",
+    version: 1,
+    summary: "render the study as markdown + SVG plots from the artifacts it needs",
+    template: include_str!("../../stages/report.toml"),
+    inputs: &[
+        InputRole {
+            role: "dataset",
+            kinds: &["dataset"],
+            arity: Arity::Optional,
+        },
+        InputRole {
+            role: "profile",
+            kinds: &["profile"],
+            arity: Arity::Many,
+        },
+        InputRole {
+            role: "train",
+            kinds: &["train"],
+            arity: Arity::Optional,
+        },
+        InputRole {
+            role: "merge",
+            kinds: &["merge"],
+            arity: Arity::Optional,
+        },
+        InputRole {
+            role: "index",
+            kinds: &["index"],
+            arity: Arity::Many,
+        },
+        InputRole {
+            role: "eval",
+            kinds: &["eval"],
+            arity: Arity::Many,
+        },
+    ],
+    outputs: &[
+        Output {
+            file: REPORT_MD,
+            what: "the report (also copied to reports/<pipeline>.md)",
+        },
+        Output {
+            file: "metrics.json",
+            what: "the headline metric and whether the target was met",
+        },
+    ],
+    configure,
+};
+
+pub const REPORT_MD: &str = "report.md";
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// The report's title (default: the pipeline's name).
+    #[serde(default)]
+    pub title: Option<String>,
+    /// The headline: an eval metric (`<mode>_<metric>`, as eval's metrics.json
+    /// names it) of the eval stage named, and the value it should reach.
+    #[serde(default)]
+    pub target: Option<Target>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    pub eval: String,
+    pub metric: String,
+    pub value: f64,
+}
+
+struct ReportStage {
+    params: Params,
+}
+
+fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
+    let params: Params = super::decode(spec)?;
+    Configured::new(
+        spec,
+        &params,
+        ReportStage {
+            params: params.clone(),
+        },
+    )
+}
+
+fn read_json(input: &Input, file: &str) -> Result<Value> {
+    let path = input.file(file)?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
+}
+
+/// The artifact key of an input (its directory is `<store>/<key>/out`).
+fn key_of(input: &Input) -> String {
+    input
+        .dir
+        .parent()
+        .and_then(Path::file_name)
+        .map(|k| k.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// `path` relative to the pipeline's directory when it is below it.
+fn shown(path: &Path, base: &Path) -> String {
+    path.strip_prefix(base)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+fn f(v: &Value) -> Option<f64> {
+    v.as_f64()
+}
+
+impl Stage for ReportStage {
+    fn run(&self, ctx: &StageContext<'_>) -> Result<()> {
+        let name = ctx.pipeline_name;
+        let title = self
+            .params
+            .title
+            .clone()
+            .unwrap_or_else(|| format!("{name}: code-search study"));
+        let mut md = Markdown::title(&title);
+        let evals: Vec<(&Input, Value)> = ctx
+            .inputs
+            .all()
+            .iter()
+            .filter(|i| i.role == "eval")
+            .map(|i| Ok((i, read_json(i, "eval.json")?)))
+            .collect::<Result<_>>()?;
+        let headline = self.summary(&mut md, &evals)?;
+        profile_section(&mut md, ctx)?;
+        let plot = format!("{name}-loss.svg");
+        let train = ctx.inputs.optional("train");
+        if let Some(train) = train {
+            train_sections(&mut md, train, &ctx.out_dir.join(&plot), &plot)?;
+        }
+        if let Some(dataset) = ctx.inputs.optional("dataset") {
+            dataset_section(&mut md, dataset)?;
+        }
+        eval_section(&mut md, &evals);
+        files_section(&mut md, ctx);
+        usage_section(&mut md, ctx);
+        let body = md.finish();
+        let facts = run_facts(ctx, train, &evals)?;
+        let text = format!("{body}\n---\n{facts}");
+        std::fs::write(ctx.out_dir.join(REPORT_MD), &text).context("writing report.md")?;
+        std::fs::write(ctx.out_dir.join("metrics.json"), headline.to_string())
+            .context("writing metrics.json")?;
+        publish(ctx, &text, &plot)
+    }
+}
+
+impl ReportStage {
+    /// Headline numbers per eval stage, and the target's verdict.
+    fn summary(&self, md: &mut Markdown, evals: &[(&Input, Value)]) -> Result<Value> {
+        md.section("Summary");
+        let mut rows = Vec::new();
+        for (input, report) in evals {
+            for mode in report["modes"].as_array().into_iter().flatten() {
+                let s = &mode["summary"];
+                rows.push(vec![
+                    input.stage.clone(),
+                    mode["mode"].as_str().unwrap_or_default().to_string(),
+                    num(f(&s["p_at_1"]), 2),
+                    num(f(&s["mrr"]), 2),
+                ]);
+            }
+        }
+        if rows.is_empty() {
+            md.paragraph("No evaluation in this pipeline.");
+        } else {
+            md.table(&["eval", "mode", "P@1", "MRR"], &rows);
+        }
+        let mut headline = serde_json::json!({});
+        if let Some(t) = &self.params.target {
+            let (mode, metric) = split_metric(&t.metric);
+            let got = evals
+                .iter()
+                .find(|(i, _)| i.stage == t.eval)
+                .and_then(|(_, r)| {
+                    r["modes"]
+                        .as_array()?
+                        .iter()
+                        .find(|m| m["mode"] == mode)
+                        .and_then(|m| m["summary"][metric].as_f64())
+                });
+            let verdict = match got {
+                Some(v) if v >= t.value => format!(
+                    "**Target met**: {} {} = {v:.2} (target {:.2}).",
+                    t.eval, t.metric, t.value
+                ),
+                Some(v) => format!(
+                    "**Target not met**: {} {} = {v:.2} (target {:.2}).",
+                    t.eval, t.metric, t.value
+                ),
+                None => format!(
+                    "**Target not measured**: no {} in eval stage `{}`.",
+                    t.metric, t.eval
+                ),
+            };
+            md.paragraph(&verdict);
+            headline = serde_json::json!({
+                "target": t.value,
+                "value": got,
+                "met": got.map(|v| v >= t.value),
+            });
+        }
+        Ok(headline)
+    }
+}
+
+/// `hybrid_rrf_p_at_1` -> (`hybrid_rrf`, `p_at_1`).
+fn split_metric(metric: &str) -> (&str, &str) {
+    for m in ["p_at_1", "mrr", "recall_at_5", "recall_at_10", "ndcg_at_10"] {
+        if let Some(mode) = metric.strip_suffix(m).and_then(|s| s.strip_suffix('_')) {
+            return (mode, m);
+        }
+    }
+    (metric, "")
+}
+
+fn profile_section(md: &mut Markdown, ctx: &StageContext<'_>) -> Result<()> {
+    let profiles: Vec<&Input> = ctx
+        .inputs
+        .all()
+        .iter()
+        .filter(|i| i.role == "profile")
+        .collect();
+    if profiles.is_empty() {
+        return Ok(());
+    }
+    md.section("Profile: one train step");
+    let mut rows = Vec::new();
+    for input in profiles {
+        let p = read_json(input, "profile.json")?;
+        rows.push(vec![
+            input.stage.clone(),
+            p["model"].as_str().map(model_name).unwrap_or_default(),
+            p["device"].as_str().unwrap_or_default().to_string(),
+            p["dtype"].as_str().unwrap_or_default().to_string(),
+            p["batch"].to_string(),
+            num(f(&p["samples_per_s"]), 1),
+            num(f(&p["step_seconds"]).map(|s| s * 1e3), 1),
+            num(f(&p["phases"]["forward_backward"]).map(|s| s * 1e3), 1),
+            num(f(&p["phases"]["optimizer"]).map(|s| s * 1e3), 1),
+        ]);
+    }
+    md.table(
+        &[
+            "stage",
+            "model",
+            "device",
+            "dtype",
+            "batch",
+            "samples/s",
+            "ms/step",
+            "fwd+bwd ms",
+            "optimizer ms",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// The last path component of a model (directories differ across machines).
+fn model_name(model: &str) -> String {
+    Path::new(model)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| model.to_string())
+}
+
+fn train_sections(md: &mut Markdown, train: &Input, plot_path: &Path, plot: &str) -> Result<()> {
+    let t = read_json(train, "train.json")?;
+    md.section("Training configuration");
+    let mut config = t["config"].clone();
+    if let Some(m) = config["model"].as_str() {
+        config["model"] = model_name(m).into();
+    }
+    md.code("json", &serde_json::to_string_pretty(&config)?);
+    md.section("Training results");
+    md.table(
+        &[
+            "steps",
+            "pairs",
+            "final loss",
+            "val loss",
+            "val accuracy",
+            "device",
+            "engine",
+        ],
+        &[vec![
+            t["steps"].to_string(),
+            t["train_pairs"].to_string(),
+            num(f(&t["final_loss"]), 4),
+            num(f(&t["val_loss"]), 4),
+            num(f(&t["val_accuracy"]), 3),
+            t["device"].as_str().unwrap_or_default().to_string(),
+            t["engine"].as_str().unwrap_or_default().to_string(),
+        ]],
+    );
+    let points = loss_points(&train.file("metrics.parquet")?)?;
+    if !points.is_empty() {
+        md.section("Loss curve");
+        line_svg(plot_path, "training loss", "step", "loss", &points)?;
+        md.paragraph(&format!("![training loss]({plot})"));
+        let every = points.len().div_ceil(12).max(1);
+        let rows: Vec<Vec<String>> = points
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % every == 0 || *i == points.len() - 1)
+            .map(|(_, (s, l))| vec![format!("{s}"), num(Some(*l), 4)])
+            .collect();
+        md.table(&["step", "loss"], &rows);
+    }
+    Ok(())
+}
+
+fn loss_points(path: &Path) -> Result<Vec<(f64, f64)>> {
+    use polars::prelude::{ParquetReader, SerReader};
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let df = ParquetReader::new(file)
+        .finish()
+        .with_context(|| format!("reading {}", path.display()))?;
+    let steps = df
+        .column("step")?
+        .cast(&polars::prelude::DataType::Float64)?;
+    let losses = df
+        .column("loss")?
+        .cast(&polars::prelude::DataType::Float64)?;
+    let steps = steps.f64()?;
+    let losses = losses.f64()?;
+    Ok(steps
+        .iter()
+        .zip(losses.iter())
+        .filter_map(|(s, l)| Some((s?, l?)))
+        .collect())
+}
+
+fn dataset_section(md: &mut Markdown, dataset: &Input) -> Result<()> {
+    let stats = read_json(dataset, "stats.json")?;
+    md.section("Dataset");
+    let mut rows = Vec::new();
+    if let Some(langs) = stats["per_language"].as_object() {
+        for (lang, c) in langs {
+            rows.push(vec![
+                lang.clone(),
+                c["train"].to_string(),
+                c["eval"].to_string(),
+                c["test"].to_string(),
+                c["total"].to_string(),
+            ]);
+        }
+    }
+    let total = &stats["per_split"];
+    rows.push(vec![
+        "**all**".into(),
+        total["train"].to_string(),
+        total["eval"].to_string(),
+        total["test"].to_string(),
+        total["total"].to_string(),
+    ]);
+    md.table(&["language", "train", "eval", "test", "pairs"], &rows);
+    Ok(())
+}
+
+fn eval_section(md: &mut Markdown, evals: &[(&Input, Value)]) {
+    if evals.is_empty() {
+        return;
+    }
+    md.section("Evaluation");
+    for (input, report) in evals {
+        md.paragraph(&format!(
+            "`{}`: {} queries against {} units of model `{}`, k = {}.",
+            input.stage,
+            report["modes"][0]["summary"]["queries"],
+            report["units"],
+            report["model"].as_str().map(model_name).unwrap_or_default(),
+            report["k"]
+        ));
+        let rows: Vec<Vec<String>> = report["modes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                let s = &m["summary"];
+                vec![
+                    m["mode"].as_str().unwrap_or_default().to_string(),
+                    num(f(&s["p_at_1"]), 3),
+                    num(f(&s["mrr"]), 3),
+                    num(f(&s["recall_at_5"]), 3),
+                    num(f(&s["recall_at_10"]), 3),
+                    num(f(&s["ndcg_at_10"]), 3),
+                ]
+            })
+            .collect();
+        md.table(&["mode", "P@1", "MRR", "R@5", "R@10", "nDCG@10"], &rows);
+    }
+}
+
+/// Speed: measured on this run's machine, so it lives in the run facts.
+fn speed_section(
+    md: &mut Markdown,
+    ctx: &StageContext<'_>,
+    train: Option<&Input>,
+    evals: &[(&Input, Value)],
+) -> Result<()> {
+    md.section("Speed");
+    let mut rows = Vec::new();
+    if let Some(train) = train {
+        let t = read_json(train, "train.json")?;
+        rows.push(vec![
+            format!("train `{}`", train.stage),
+            format!("{} samples/s", num(f(&t["samples_per_s"]), 1)),
+        ]);
+    }
+    for index in ctx.inputs.all().iter().filter(|i| i.role == "index") {
+        let m = read_json(index, "metrics.json")?;
+        rows.push(vec![
+            format!("index `{}`", index.stage),
+            format!("{} units, {} tokens", m["units"], m["tokens"]),
+        ]);
+    }
+    for (input, report) in evals {
+        for m in report["modes"].as_array().into_iter().flatten() {
+            rows.push(vec![
+                format!(
+                    "query `{}` {}",
+                    input.stage,
+                    m["mode"].as_str().unwrap_or_default()
+                ),
+                format!(
+                    "p50 {} ms, p95 {} ms",
+                    num(f(&m["latency"]["p50_ms"]), 2),
+                    num(f(&m["latency"]["p95_ms"]), 2)
+                ),
+            ]);
+        }
+    }
+    md.table(&["what", "figure"], &rows);
+    Ok(())
+}
+
+fn files_section(md: &mut Markdown, ctx: &StageContext<'_>) {
+    md.section("Files created");
+    let rows: Vec<Vec<String>> = ctx
+        .inputs
+        .all()
+        .iter()
+        .map(|i| {
+            let files: Vec<&str> = i.kind.outputs.iter().map(|o| o.file).collect();
+            vec![
+                i.stage.clone(),
+                i.kind.name.to_string(),
+                format!("`{}`", key_of(i)),
+                files.join(", "),
+            ]
+        })
+        .collect();
+    md.table(&["stage", "kind", "artifact key", "files"], &rows);
+}
+
+fn usage_section(md: &mut Markdown, ctx: &StageContext<'_>) {
+    let index = ctx.inputs.all().iter().find(|i| i.role == "index");
+    let merge = ctx.inputs.optional("merge");
+    if index.is_none() && merge.is_none() {
+        return;
+    }
+    md.section("Usage");
+    let mut lines = Vec::new();
+    if let Some(index) = index {
+        let dir = shown(&index.dir, ctx.pipeline_dir);
+        lines.push(format!(
+            "xtr-pipe search \"parse a config file\" --index {dir}"
+        ));
+        lines.push(format!(
+            "xtr-pipe search \"parse a config file\" --index {dir} --mode semantic --json"
+        ));
+    }
+    if let Some(merge) = merge {
+        let model = shown(&merge.dir.join("model"), ctx.pipeline_dir);
+        lines.push(format!("xtr-pipe index src --model {model} --out my-index"));
+        lines.push(format!("xtr-pipe embed --model {model} \"open a file\""));
+    }
+    md.code("sh", &lines.join("\n"));
+}
+
+/// The one block that differs between runs of the same artifacts: when, and
+/// how fast (rates and latencies are measured, not part of any key).
+fn run_facts(
+    ctx: &StageContext<'_>,
+    train: Option<&Input>,
+    evals: &[(&Input, Value)],
+) -> Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let mut md = Markdown::default();
+    md.section("Run facts");
+    md.paragraph(&format!(
+        "Rendered at unix time {now} by xtr-pipe {} (stage `{}`). Everything above this \
+         block is a function of the artifacts alone; what follows was measured on the \
+         machines that ran them.",
+        env!("CARGO_PKG_VERSION"),
+        ctx.stage
+    ));
+    speed_section(&mut md, ctx, train, evals)?;
+    Ok(md.finish())
+}
+
+/// Copy the report and its plot to `reports/<pipeline>.md`.
+fn publish(ctx: &StageContext<'_>, text: &str, plot: &str) -> Result<()> {
+    let dir: PathBuf = ctx.reports_dir.to_path_buf();
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let md = dir.join(format!("{}.md", ctx.pipeline_name));
+    std::fs::write(&md, text).with_context(|| format!("writing {}", md.display()))?;
+    let svg = ctx.out_dir.join(plot);
+    if svg.is_file() {
+        std::fs::copy(&svg, dir.join(plot)).with_context(|| format!("copying {plot}"))?;
+    }
+    Ok(())
+}
