@@ -54,6 +54,11 @@ pub struct IndexSource {
     /// A directory or file, relative to the pipeline file (variables and globs as
     /// in the dataset kind); result paths are relative to it.
     pub path: String,
+    /// Put before every result path from this source (`"src/"`: paths read as
+    /// from the repository root). Default: nothing for one source path, the path
+    /// as written for several.
+    #[serde(default)]
+    pub prefix: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -142,10 +147,10 @@ fn resolve_sources(
         let resolved = sources::resolve(&source.path, &spec.dir)
             .map_err(|e| param_error(spec, &["sources", &index, "path"], e))?;
         for root in resolved {
-            let prefix = if one_path {
-                String::new()
-            } else {
-                format!("{}/", root.display)
+            let prefix = match &source.prefix {
+                Some(p) => p.clone(),
+                None if one_path => String::new(),
+                None => format!("{}/", root.display),
             };
             if !deps.iter().any(|d| d.path == root.path) {
                 deps.push(Dep {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::compute::{Compute, ComputeParams};
 use super::{param_error, Arity, Configured, Dep, InputRole, Kind, Output, Stage, StageContext};
+use crate::dataset::sources::expand_vars;
 use crate::dataset::PAIRS_FILE;
 use crate::model::resolve::{resolve_in, HfCache, ModelSource};
 use crate::pipeline::{ConfigError, StageSpec};
@@ -91,8 +92,10 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
 
 /// The `model` param resolved on this machine, or a located error saying
 /// where to put it (before anything runs).
+/// Variables expand as in source paths (`${PYTHON_SITE_PACKAGES}/pkg/model`).
 pub(super) fn resolve_model(spec: &StageSpec, model: &str) -> Result<ModelSource, ConfigError> {
-    resolve_in(model, &spec.dir, &HfCache::from_env())
+    let expanded = expand_vars(model).map_err(|e| param_error(spec, &["model"], e))?;
+    resolve_in(&expanded, &spec.dir, &HfCache::from_env())
         .map_err(|e| param_error(spec, &["model"], format!("{e:#}")))
 }
 
