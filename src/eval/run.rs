@@ -192,4 +192,23 @@ pub fn total_price(prices: &[u32]) -> u32 {
             "{err}"
         );
     }
+
+    #[test]
+    fn the_shipped_query_set_names_units_of_this_repository() {
+        use crate::search::{collect, CollectOptions, SourceRoot};
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let set = QuerySet::load(&root.join("datasets/xtr-pipe-queries.toml")).unwrap();
+        assert!(set.queries.len() >= 40);
+        assert!(set.queries.iter().all(|q| !q.why.is_empty()));
+        let roots = [SourceRoot {
+            path: root.join("src"),
+            prefix: "src".to_string(),
+            langs: vec![Lang::Rust],
+        }];
+        let units = collect(&roots, &CollectOptions::default(), &CancelToken::new()).unwrap();
+        let keys: Vec<String> = units.iter().map(|u| u.key()).collect();
+        let known: HashSet<&str> = keys.iter().map(String::as_str).collect();
+        set.check_targets(|t| known.contains(t), keys.iter().map(String::as_str))
+            .unwrap();
+    }
 }

@@ -7,6 +7,7 @@
 
 use anyhow::{bail, Context, Result};
 
+use super::maxsim::{f16_to_f32, f32_to_f16};
 use crate::cancel::CancelToken;
 use crate::mlx::{ops, Array};
 
@@ -41,7 +42,7 @@ impl Default for CodecParams {
 pub struct Codec {
     pub(crate) dim: usize,
     pub(crate) nbits: u8,
-    /// `[n_centroids, dim]`, unit rows.
+    /// `[n_centroids, dim]`, unit rows, each value exact in f16 (how they are stored).
     pub(crate) centroids: Vec<f32>,
     /// `[dim, levels - 1]`, ascending per dimension.
     pub(crate) cutoffs: Vec<f32>,
@@ -135,6 +136,11 @@ impl Codec {
             cancel.check()?;
             let assigned = assign(&sample, dim, &centroids)?;
             update_centroids(&sample, dim, &assigned, &mut centroids);
+        }
+        // Centroids are stored as f16: round them now so residuals are taken
+        // against exactly what decoding will add back.
+        for x in centroids.iter_mut() {
+            *x = f16_to_f32(f32_to_f16(*x));
         }
         let assigned = assign(&sample, dim, &centroids)?;
         let (cutoffs, weights) = buckets(&sample, dim, &assigned, &centroids, params.nbits);

@@ -1,6 +1,6 @@
 //! The compressed multi-vector index, one memory-mapped file (`mv.bin`).
 //!
-//! Every token is stored as its centroid plus 2- or 4-bit residual codes
+//! Every token is stored as its centroid (f16 centroids) plus 2- or 4-bit residual codes
 //! ([`super::codec`]), grouped by centroid (inverted lists of `(document, codes)`),
 //! with a per-document table of where its tokens sit for exact re-scoring.
 //!
@@ -27,7 +27,7 @@ use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 
 use super::codec::{Codec, Encoded};
-use super::maxsim::{best_k, dot, TokenVectors};
+use super::maxsim::{best_k, TokenVectors};
 
 const MAGIC: &[u8; 8] = b"XTRMVIX\0";
 const VERSION: u32 = 1;
@@ -53,7 +53,7 @@ impl Default for SearchParams {
     fn default() -> Self {
         SearchParams {
             k: 10,
-            nprobe: 8,
+            nprobe: 4,
             candidates: 256,
             rerank: 32,
             exhaustive: false,
@@ -119,7 +119,7 @@ impl Layout {
         };
         let m = |a: usize, b: usize| a.checked_mul(b);
         Some(Layout {
-            centroids: take(m(h.n_centroids, h.dim).and_then(|x| m(x, 4)))?,
+            centroids: take(m(h.n_centroids, h.dim).and_then(|x| m(x, 2)))?,
             cutoffs: take(m(h.dim, (levels - 1) * 4))?,
             weights: take(m(h.dim, levels * 4))?,
             cluster_offsets: take(m(h.n_centroids.checked_add(1)?, 8))?,
@@ -200,7 +200,10 @@ pub fn write(path: &Path, codec: &Codec, docs: &EncodedDocs) -> Result<()> {
     buf.extend_from_slice(&(n_tokens as u64).to_le_bytes());
     buf.extend_from_slice(&(bpt as u32).to_le_bytes());
     buf.resize(HEADER, 0);
-    for slice in [&codec.centroids, &codec.cutoffs, &codec.weights] {
+    for x in &codec.centroids {
+        buf.extend_from_slice(&super::maxsim::f32_to_f16(*x).to_le_bytes());
+    }
+    for slice in [&codec.cutoffs, &codec.weights] {
         for x in slice.iter() {
             buf.extend_from_slice(&x.to_le_bytes());
         }
@@ -335,7 +338,10 @@ impl MvIndex {
         let codec = Codec {
             dim: h.dim,
             nbits: h.nbits,
-            centroids: f32s(&map[layout.centroids..layout.cutoffs]),
+            centroids: map[layout.centroids..layout.cutoffs]
+                .chunks_exact(2)
+                .map(|b| super::maxsim::f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+                .collect(),
             cutoffs: f32s(&map[layout.cutoffs..layout.weights]),
             weights: f32s(&map[layout.weights..layout.cluster_offsets]),
         };
@@ -497,14 +503,9 @@ impl MvIndex {
         let mut gain = vec![0f32; self.n_docs];
         let mut seen = vec![false; self.n_docs];
         let mut touched: Vec<u32> = Vec::new();
-        let mut order: Vec<u32> = (0..k as u32).collect();
         for i in 0..s.nq {
             let qc = &s.qc[i * k..(i + 1) * k];
-            let by_score = |a: &u32, b: &u32| qc[*b as usize].total_cmp(&qc[*a as usize]);
-            if nprobe < k {
-                order.select_nth_unstable_by(nprobe - 1, by_score);
-            }
-            let probed = &order[..nprobe];
+            let probed = top_indices(qc, nprobe);
             // The imputed similarity: the weakest probed centroid's score.
             let missing = probed
                 .iter()
@@ -512,7 +513,7 @@ impl MvIndex {
                 .fold(f32::INFINITY, f32::min);
             touched.clear();
             let mark = i as u32 + 1;
-            for &c in probed {
+            for &c in &probed {
                 let base = qc[c as usize];
                 for pos in self.cluster_offsets[c as usize]..self.cluster_offsets[c as usize + 1] {
                     let d = self.list_doc(pos) as usize;
@@ -579,6 +580,35 @@ impl MvIndex {
     }
 }
 
+fn nibble_table4(levels: &[f32]) -> [f32; 16] {
+    let mut t = [0f32; 16];
+    t.copy_from_slice(&levels[..16]);
+    t
+}
+
+/// Two 2-bit codes in a nibble: the low pair's level plus the high pair's.
+fn nibble_table2(low: &[f32], high: &[f32]) -> [f32; 16] {
+    let mut t = [0f32; 16];
+    for (n, x) in t.iter_mut().enumerate() {
+        *x = low[n & 3] + high[n >> 2];
+    }
+    t
+}
+
+/// The indices of the `n` largest values, best first (ties: lower index).
+fn top_indices(values: &[f32], n: usize) -> Vec<u32> {
+    let mut top: Vec<(f32, u32)> = Vec::with_capacity(n + 1);
+    for (i, &v) in values.iter().enumerate() {
+        if top.len() == n && top.last().is_some_and(|w| v.is_nan() || v <= w.0) {
+            continue;
+        }
+        let at = top.partition_point(|w| w.0 >= v);
+        top.insert(at, (v, i as u32));
+        top.truncate(n);
+    }
+    top.into_iter().map(|(_, i)| i).collect()
+}
+
 /// Per-query tables: every query token against every centroid, and a byte
 /// lookup table per query token for the residual part of a token's score.
 struct Scorer {
@@ -597,16 +627,19 @@ impl Scorer {
         let codec = &index.codec;
         let (dim, k, bpt) = (codec.dim, codec.n_centroids(), index.bpt);
         let nq = query.rows();
-        let mut qc = Vec::with_capacity(nq * k);
-        for i in 0..nq {
-            let q = query.row(i);
-            qc.extend(codec.centroids.chunks_exact(dim).map(|c| dot(q, c)));
+        let mut qc_by_centroid = Vec::new();
+        super::maxsim::scores_by_row(query, &codec.centroids, &mut qc_by_centroid);
+        let mut qc = vec![0f32; nq * k];
+        for (c, row) in qc_by_centroid.chunks_exact(nq.max(1)).enumerate() {
+            for (i, &x) in row.iter().enumerate() {
+                qc[i * k + c] = x;
+            }
         }
         let levels = codec.levels();
-        let per_byte = 8 / codec.nbits as usize;
-        let mask = levels - 1;
         let mut lut = vec![0f32; nq * bpt * 256];
-        let mut per_dim = vec![0f32; dim * levels];
+        // Per dimension and level: q[d] · bucket value; padding dimensions score 0.
+        let padded = bpt * 8 / codec.nbits as usize;
+        let mut per_dim = vec![0f32; padded * levels];
         for i in 0..nq {
             let q = query.row(i);
             for d in 0..dim {
@@ -615,24 +648,24 @@ impl Scorer {
                 }
             }
             let table = &mut lut[i * bpt * 256..(i + 1) * bpt * 256];
-            for j in 0..bpt {
-                for b in 0..256usize {
-                    let mut sum = 0.0;
-                    for t in 0..per_byte {
-                        let d = j * per_byte + t;
-                        if d < dim {
-                            let code = (b >> (t * codec.nbits as usize)) & mask;
-                            sum += per_dim[d * levels + code];
-                        }
+            for (j, out) in table.chunks_exact_mut(256).enumerate() {
+                // A byte is two nibbles, each nibble one 4-bit or two 2-bit codes:
+                // its score is low(b & 15) + high(b >> 4).
+                let (low, high) = if codec.nbits == 4 {
+                    let at = |d: usize| &per_dim[d * 16..(d + 1) * 16];
+                    (nibble_table4(at(2 * j)), nibble_table4(at(2 * j + 1)))
+                } else {
+                    let at = |d: usize| &per_dim[d * 4..(d + 1) * 4];
+                    (
+                        nibble_table2(at(4 * j), at(4 * j + 1)),
+                        nibble_table2(at(4 * j + 2), at(4 * j + 3)),
+                    )
+                };
+                for (h, row) in out.chunks_exact_mut(16).enumerate() {
+                    for (l, x) in row.iter_mut().enumerate() {
+                        *x = low[l] + high[h];
                     }
-                    table[j * 256 + b] = sum;
                 }
-            }
-        }
-        let mut qc_by_centroid = vec![0f32; nq * k];
-        for i in 0..nq {
-            for c in 0..k {
-                qc_by_centroid[c * nq + i] = qc[i * k + c];
             }
         }
         Scorer {
@@ -743,6 +776,13 @@ mod tests {
         }
         let recall = found as f64 / (10 * queries.len()) as f64;
         assert!(recall >= 0.95, "recall@10 {recall}");
+    }
+
+    #[test]
+    fn top_indices_keeps_the_largest_in_order() {
+        assert_eq!(top_indices(&[0.1, 0.9, 0.5, 0.9, -1.0], 3), [1, 3, 2]);
+        assert_eq!(top_indices(&[0.2, 0.1], 5), [0, 1]);
+        assert!(top_indices(&[0.2], 0).is_empty());
     }
 
     #[test]
