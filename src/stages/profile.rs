@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::compute::{has_gpu, Compute, ComputeParams};
 use super::{param_error, Configured, Dep, Kind, Output, Stage, StageContext};
 use crate::pipeline::{ConfigError, StageSpec};
+use crate::model::resolve::ModelSource;
 use crate::progress;
 use crate::train::bench::{run_until, BenchOptions, StepDone, StepShape, T5_BASE_RANDOM};
 
@@ -80,25 +81,9 @@ fn build(
             return Err(param_error(spec, &[key], format!("`{key}` must be {want}")));
         }
     }
-    let model_dir = if params.model == T5_BASE_RANDOM {
-        None
-    } else {
-        let dir = spec.dir.join(&params.model);
-        if !dir.join("config.json").is_file() {
-            return Err(param_error(
-                spec,
-                &["model"],
-                format!(
-                    "model `{}` is not a model directory (no {})",
-                    params.model,
-                    dir.join("config.json").display()
-                ),
-            )
-            .with_help(format!(
-                "give an HF-layout directory (config.json, model.safetensors, tokenizer.json) or `{T5_BASE_RANDOM}`"
-            )));
-        }
-        Some(dir)
+    let model_dir = match super::train::resolve_model(spec, &params.model)? {
+        ModelSource::Dir(dir) => Some(dir.root),
+        ModelSource::RandomT5 => None,
     };
     // The key holds what runs: dropout resolved for this model.
     params.shape.dropout = Some(params.shape.dropout_for(&params.model));
@@ -246,7 +231,7 @@ mod tests {
         let text = err("model = \"t5-base-random\"\nbatch = 1\n", false);
         assert!(text.contains("`batch` must be at least 2"), "{text}");
         let text = err("model = \"no/such/model\"\n", false);
-        assert!(text.contains("is not a model directory"), "{text}");
+        assert!(text.contains("model \"no/such/model\" not found"), "{text}");
         let text = err("model = \"t5-base-random\"\ndevices = \"cpu\"\n", false);
         assert!(text.contains("did you mean `device`?"), "{text}");
     }
