@@ -192,6 +192,19 @@ fn every_study_stage_runs_caches_and_reruns_what_a_change_touches() {
         .filter(|n| stage(&lr, n)["status"] == "ran")
         .collect();
     assert_eq!(ran, ["train", "merge", "index", "eval", "report"], "{lr}");
+    // diff: the last two runs differ in train's lr, and what followed from it.
+    let diff = p.json(&["diff", "p.toml"]);
+    let stages = diff["diff"]["stages"].as_array().unwrap();
+    let train = stages.iter().find(|s| s["stage"] == "train").unwrap();
+    assert_eq!(train["key_changed"], true, "{diff}");
+    assert!(
+        train["params"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("param lr changed"),
+        "{diff}"
+    );
+    assert!(stages.iter().all(|s| s["stage"] != "dataset"), "{diff}");
 }
 
 #[test]

@@ -56,6 +56,8 @@ enum Command {
     Dag(DagArgs),
     /// Show the last recorded run: keys, artifacts, timings, metrics.
     Show(ShowArgs),
+    /// What changed between two recorded runs: params and metrics, stage by stage.
+    Diff(DiffArgs),
     /// Delete artifacts that no recorded run references.
     Gc(GcArgs),
     /// List the built-in stage kinds.
@@ -131,6 +133,17 @@ struct ShowArgs {
 }
 
 #[derive(Args)]
+struct DiffArgs {
+    pipeline: PathBuf,
+    /// The earlier run's id (`show --json` gives ids) [default: the second newest].
+    run_a: Option<i64>,
+    /// The later run's id [default: the newest].
+    run_b: Option<i64>,
+    #[command(flatten)]
+    json: JsonFlag,
+}
+
+#[derive(Args)]
 struct GcArgs {
     /// Use this pipeline's store (default: ./artifacts).
     pipeline: Option<PathBuf>,
@@ -187,6 +200,7 @@ pub fn main() -> ExitCode {
         Command::Status(args) => cmd_status(args),
         Command::Dag(args) => cmd_dag(args),
         Command::Show(args) => cmd_show(args),
+        Command::Diff(args) => cmd_diff(args),
         Command::Gc(args) => cmd_gc(args),
         Command::Kinds(args) => cmd_kinds(args),
         Command::Index(args) => search::cmd_index(args),
@@ -435,6 +449,34 @@ fn cmd_show(args: ShowArgs) -> Result<ExitCode, Failure> {
         }
         if let Some(e) = &s.error {
             println!("           error: {e}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_diff(args: DiffArgs) -> Result<ExitCode, Failure> {
+    let pipeline = exec::load(&args.pipeline, &[])?;
+    let diff = exec::diff_runs(&pipeline, args.run_a, args.run_b)?;
+    if args.json.json {
+        print_json(&json!({"schema": 1, "diff": diff}))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("run {} -> run {}", diff.a, diff.b);
+    if diff.stages.is_empty() {
+        println!("  no differences");
+    }
+    for s in &diff.stages {
+        let key = if s.key_changed {
+            "new artifact"
+        } else {
+            "same artifact"
+        };
+        println!("  {} ({key})", s.stage);
+        for p in &s.params {
+            println!("    param {p}");
+        }
+        for (name, a, b) in &s.metrics {
+            println!("    metric {name}: {a} -> {b}");
         }
     }
     Ok(ExitCode::SUCCESS)

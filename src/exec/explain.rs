@@ -53,7 +53,8 @@ pub fn explain(
     reasons
 }
 
-fn param_changes(before: &Value, now: &Value) -> Vec<String> {
+/// Each param that differs between two params documents, as `path a -> b`.
+pub fn param_changes(before: &Value, now: &Value) -> Vec<String> {
     let (mut old, mut new) = (BTreeMap::new(), BTreeMap::new());
     flatten("", before, &mut old);
     flatten("", now, &mut new);

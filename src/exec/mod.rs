@@ -16,7 +16,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 pub use plan::{plan, Plan, PlannedStage};
-pub use record::{last_run, RunReport, StageResult};
+pub use record::{diff_runs, last_run, RunDiff, RunReport, StageResult};
 pub use report::Progress;
 pub use schedule::execute;
 

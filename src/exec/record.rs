@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::Serialize;
 
 use super::{PlannedStage, Status};
@@ -157,4 +157,82 @@ pub fn last_run(pipeline: &Pipeline) -> Result<Option<(RunRecord, Vec<StageResul
         })
         .collect();
     Ok(Some((run, stages)))
+}
+
+/// What differs between two recorded runs of one pipeline, stage by stage.
+#[derive(Debug, Serialize)]
+pub struct RunDiff {
+    pub a: i64,
+    pub b: i64,
+    pub stages: Vec<StageDiff>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StageDiff {
+    pub stage: String,
+    /// Whether the two runs resolved it to different artifacts.
+    pub key_changed: bool,
+    /// `path a -> b` for each param that differs.
+    pub params: Vec<String>,
+    /// Metrics whose values differ: name, a, b.
+    pub metrics: Vec<(String, serde_json::Value, serde_json::Value)>,
+}
+
+/// Compare runs `a` and `b` of `pipeline` (default: the two newest).
+pub fn diff_runs(pipeline: &Pipeline, a: Option<i64>, b: Option<i64>) -> Result<RunDiff> {
+    let store = Store::open_existing(&pipeline.store)?;
+    let db = store.open_db()?;
+    let ids = db.run_ids(&pipeline.path.to_string_lossy())?;
+    let (a, b) = match (a, b) {
+        (Some(a), Some(b)) => (a, b),
+        (Some(a), None) => (a, *ids.first().context("no recorded run")?),
+        _ => match ids.as_slice() {
+            [newest, previous, ..] => (*previous, *newest),
+            _ => anyhow::bail!(
+                "{} has fewer than two recorded runs; name them: `xtr-pipe diff P.toml A B`",
+                pipeline.path.display()
+            ),
+        },
+    };
+    for id in [a, b] {
+        if !ids.contains(&id) {
+            anyhow::bail!("no run {id} of {} (runs: {ids:?})", pipeline.path.display());
+        }
+    }
+    let (ra, rb) = (db.run_stages(a)?, db.run_stages(b)?);
+    let parse = |text: &Option<String>| -> serde_json::Value {
+        text.as_deref()
+            .and_then(|t| serde_json::from_str(t).ok())
+            .unwrap_or_default()
+    };
+    let mut stages = Vec::new();
+    for sb in &rb {
+        let Some(sa) = ra.iter().find(|s| s.stage == sb.stage) else {
+            continue;
+        };
+        let (pa, pb) = (parse(&sa.recipe), parse(&sb.recipe));
+        let params = super::explain::param_changes(&pa["params"], &pb["params"]);
+        let (ma, mb) = (parse(&sa.metrics), parse(&sb.metrics));
+        let mut metrics = Vec::new();
+        let names: std::collections::BTreeSet<&String> = ma
+            .as_object()
+            .into_iter()
+            .chain(mb.as_object())
+            .flat_map(|m| m.keys())
+            .collect();
+        for name in names {
+            if ma[name] != mb[name] {
+                metrics.push((name.clone(), ma[name].clone(), mb[name].clone()));
+            }
+        }
+        if sa.key != sb.key || !params.is_empty() || !metrics.is_empty() {
+            stages.push(StageDiff {
+                stage: sb.stage.clone(),
+                key_changed: sa.key != sb.key,
+                params,
+                metrics,
+            });
+        }
+    }
+    Ok(RunDiff { a, b, stages })
 }

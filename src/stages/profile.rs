@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::compute::{has_gpu, Compute, ComputeParams};
 use super::{param_error, Configured, Dep, Kind, Output, Stage, StageContext};
-use crate::pipeline::{ConfigError, StageSpec};
 use crate::model::resolve::ModelSource;
+use crate::pipeline::{ConfigError, StageSpec};
 use crate::progress;
 use crate::train::bench::{run_until, BenchOptions, StepDone, StepShape, T5_BASE_RANDOM};
 

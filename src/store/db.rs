@@ -219,6 +219,15 @@ impl Db {
             .optional()?)
     }
 
+    /// The ids of a pipeline's recorded runs, newest first.
+    pub fn run_ids(&self, pipeline: &str) -> Result<Vec<i64>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id FROM runs WHERE pipeline = ?1 ORDER BY id DESC")?;
+        let rows = stmt.query_map([pipeline], |r| r.get::<_, i64>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     pub fn run_stages(&self, run_id: i64) -> Result<Vec<StageRecord>> {
         let mut stmt = self.conn.prepare(
             "SELECT stage, kind, key, status, seconds, reason, recipe, metrics, error
