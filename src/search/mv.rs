@@ -549,32 +549,10 @@ impl MvIndex {
         super::maxsim::maxsim(query, &self.doc_vectors(doc))
     }
 
-    /// Every document scored over all its tokens, cluster by cluster.
+    /// Every document scored over all its decompressed tokens.
     fn search_exhaustive(&self, query: &TokenVectors, k: usize) -> Vec<(u32, f32)> {
-        let s = Scorer::new(self, query);
-        let nq = s.nq;
-        let kc = self.codec.n_centroids();
-        let mut best = vec![f32::NEG_INFINITY; self.n_docs * nq];
-        for c in 0..kc {
-            for pos in self.cluster_offsets[c]..self.cluster_offsets[c + 1] {
-                let d = self.list_doc(pos) as usize;
-                let codes = self.codes(pos);
-                for i in 0..nq {
-                    let score = s.qc[i * kc + c] + s.residual(i, codes);
-                    let b = &mut best[d * nq + i];
-                    if score > *b {
-                        *b = score;
-                    }
-                }
-            }
-        }
         let scores = (0..self.n_docs)
-            .map(|d| {
-                let row = &best[d * nq..(d + 1) * nq];
-                // A document without tokens scores 0 (as exact MaxSim does).
-                let total = row.iter().filter(|x| x.is_finite()).sum();
-                (d as u32, total)
-            })
+            .map(|d| (d as u32, self.exact(query, d)))
             .collect();
         best_k(scores, k)
     }
