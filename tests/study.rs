@@ -169,8 +169,7 @@ fn every_study_stage_runs_caches_and_reruns_what_a_change_touches() {
     assert!(merged.join("model/config.json").is_file());
     assert!(merged.join("model/model.safetensors").is_file());
     // The merged model is a model: embed loads it.
-    let model = merged.join("model");
-    let embedded = p.json(&["embed", "--model", model.to_str().unwrap(), "w2 w3"]);
+    let embedded = p.json(&["embed", "--model", merged.to_str().unwrap(), "w2 w3"]);
     assert_eq!(
         embedded["texts"][0]["tokens"].as_array().map(Vec::len),
         Some(2)

@@ -58,7 +58,8 @@ pub struct EncodeBenchArgs {
 
 #[derive(Args)]
 pub struct EmbedArgs {
-    /// An HF-layout model directory (config.json, model.safetensors, tokenizer.json).
+    /// An HF-layout model directory (config.json, model.safetensors, tokenizer.json),
+    /// or a `merge` artifact.
     #[arg(long)]
     model: PathBuf,
     /// Truncate each text to this many tokens (special tokens included).
@@ -119,7 +120,7 @@ pub fn bench(command: BenchCommand) -> Result<ExitCode, Failure> {
 pub fn cmd_embed(args: EmbedArgs) -> Result<ExitCode, Failure> {
     select_device(args.device)?;
     let texts: Vec<&str> = args.texts.iter().map(String::as_str).collect();
-    let out = crate::model::embed(&args.model, &texts, args.max_len)?;
+    let out = crate::model::embed(&super::model_dir(&args.model)?, &texts, args.max_len)?;
     if args.json.json {
         let items = out
             .iter()

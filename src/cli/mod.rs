@@ -573,3 +573,20 @@ pub(crate) fn select_device(device: crate::stages::compute::DeviceParam) -> Resu
     crate::mlx::Device::set_default(&chosen.device())?;
     Ok(())
 }
+
+/// The model directory `path` names: itself, or a merge artifact's `model/`.
+pub(crate) fn model_dir(path: &std::path::Path) -> Result<PathBuf> {
+    for dir in [
+        path.to_path_buf(),
+        path.join("model"),
+        path.join("out/model"),
+    ] {
+        if dir.join("config.json").is_file() {
+            return Ok(dir);
+        }
+    }
+    anyhow::bail!(
+        "{} is not a model: no config.json in it (nor in model/, as a merge artifact has)",
+        path.display()
+    )
+}

@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use super::{print_json, select_device, Failure, JsonFlag};
+use super::{model_dir, print_json, select_device, Failure, JsonFlag};
 use crate::cancel::CancelToken;
 use crate::dataset::Lang;
 use crate::search::codec::CodecParams;
@@ -104,23 +104,6 @@ impl LangArg {
             LangArg::Objc => Lang::Objc,
         }
     }
-}
-
-/// The model directory `path` names: itself, or a merge artifact's `model/`.
-fn model_dir(path: &Path) -> Result<PathBuf> {
-    for dir in [
-        path.to_path_buf(),
-        path.join("model"),
-        path.join("out/model"),
-    ] {
-        if dir.join("config.json").is_file() {
-            return Ok(dir);
-        }
-    }
-    bail!(
-        "{} is not a model: no config.json in it (nor in model/, as a merge artifact has)",
-        path.display()
-    )
 }
 
 /// The index directory `path` names: itself, or an index artifact's `index/`.
