@@ -50,6 +50,16 @@ sources = [{{ lang = "python", path = "src" }}]
 split = {{ train = 0.8, eval = 0.2, test = 0.0 }}
 drop_tests = false
 
+[stage.profile]
+kind = "profile"
+model = "{MODEL}"
+batch = 2
+qlen = 8
+dlen = 16
+steps = 1
+warmup = 0
+device = "cpu"
+
 [stage.train]
 uses = "train"
 needs = ["dataset"]
@@ -97,7 +107,7 @@ device = "cpu"
 
 [stage.report]
 uses = "report"
-needs = ["dataset", "train", "merge", "index", "eval_base", "eval"]
+needs = ["dataset", "profile", "train", "merge", "index", "eval_base", "eval"]
 target = {{ eval = "eval", metric = "bm25_p_at_1", value = 0.5 }}
 "#
         ),
@@ -109,8 +119,9 @@ fn every_study_stage_runs_caches_and_reruns_what_a_change_touches() {
     let p = Project::new();
     micro_pipeline(&p);
     let first = p.json(&["run", "p.toml"]);
-    const ALL: [&str; 8] = [
+    const ALL: [&str; 9] = [
         "dataset",
+        "profile",
         "train",
         "merge",
         "index",
@@ -132,6 +143,7 @@ fn every_study_stage_runs_caches_and_reruns_what_a_change_touches() {
     let report = p.read("reports/micro.md");
     for section in [
         "## Summary",
+        "## Profile: one train step",
         "## Training configuration",
         "## Training results",
         "## Loss curve",

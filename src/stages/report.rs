@@ -237,13 +237,17 @@ fn split_metric(metric: &str) -> (&str, &str) {
     (metric, "")
 }
 
-fn profile_section(md: &mut Markdown, ctx: &StageContext<'_>) -> Result<()> {
-    let profiles: Vec<&Input> = ctx
-        .inputs
+fn profiles<'a>(ctx: &'a StageContext<'_>) -> Vec<&'a Input> {
+    ctx.inputs
         .all()
         .iter()
         .filter(|i| i.role == "profile")
-        .collect();
+        .collect()
+}
+
+/// What each profile stage timed (its speed is in the run facts).
+fn profile_section(md: &mut Markdown, ctx: &StageContext<'_>) -> Result<()> {
+    let profiles = profiles(ctx);
     if profiles.is_empty() {
         return Ok(());
     }
@@ -254,13 +258,16 @@ fn profile_section(md: &mut Markdown, ctx: &StageContext<'_>) -> Result<()> {
         rows.push(vec![
             input.stage.clone(),
             p["model"].as_str().map(model_name).unwrap_or_default(),
-            p["device"].as_str().unwrap_or_default().to_string(),
+            device_name(&p["device"]),
             p["dtype"].as_str().unwrap_or_default().to_string(),
             p["batch"].to_string(),
-            num(f(&p["samples_per_s"]), 1),
-            num(f(&p["step_seconds"]).map(|s| s * 1e3), 1),
-            num(f(&p["phases"]["forward_backward"]).map(|s| s * 1e3), 1),
-            num(f(&p["phases"]["optimizer"]).map(|s| s * 1e3), 1),
+            format!("{} / {}", p["qlen"], p["dlen"]),
+            if p["compiled"] == true {
+                "compiled"
+            } else {
+                "eager"
+            }
+            .to_string(),
         ]);
     }
     md.table(
@@ -270,14 +277,25 @@ fn profile_section(md: &mut Markdown, ctx: &StageContext<'_>) -> Result<()> {
             "device",
             "dtype",
             "batch",
-            "samples/s",
-            "ms/step",
-            "fwd+bwd ms",
-            "optimizer ms",
+            "query / doc tokens",
+            "step",
         ],
         &rows,
     );
+    md.paragraph("Samples/s and the time per step are in the run facts below.");
     Ok(())
+}
+
+/// `cpu` / `gpu` from MLX's device description.
+fn device_name(device: &Value) -> String {
+    let text = device.as_str().unwrap_or_default();
+    if text.contains("Gpu") || text.contains("gpu") {
+        "gpu".into()
+    } else if text.contains("Cpu") || text.contains("cpu") {
+        "cpu".into()
+    } else {
+        text.into()
+    }
 }
 
 /// The last path component of a model (directories differ across machines).
@@ -313,7 +331,7 @@ fn train_sections(md: &mut Markdown, train: &Input, plot_path: &Path, plot: &str
             num(f(&t["final_loss"]), 4),
             num(f(&t["val_loss"]), 4),
             num(f(&t["val_accuracy"]), 3),
-            t["device"].as_str().unwrap_or_default().to_string(),
+            device_name(&t["device"]),
             t["engine"].as_str().unwrap_or_default().to_string(),
         ]],
     );
@@ -425,6 +443,17 @@ fn speed_section(
 ) -> Result<()> {
     md.section("Speed");
     let mut rows = Vec::new();
+    for input in profiles(ctx) {
+        let p = read_json(input, "profile.json")?;
+        rows.push(vec![
+            format!("profile `{}`", input.stage),
+            format!(
+                "{} samples/s, {} ms/step",
+                num(f(&p["samples_per_s"]), 1),
+                num(f(&p["step_seconds"]).map(|s| s * 1e3), 1)
+            ),
+        ]);
+    }
     if let Some(train) = train {
         let t = read_json(train, "train.json")?;
         rows.push(vec![
