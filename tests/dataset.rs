@@ -196,3 +196,36 @@ fn a_missing_source_path_is_a_located_error() {
         "{err}"
     );
 }
+
+#[test]
+fn an_optional_source_that_is_absent_is_skipped_with_a_note() {
+    let p = Project::new();
+    p.file(
+        "src/lib.rs",
+        "/// Adds one to a number.\npub fn inc(x: u32) -> u32 {\n    x + 1\n}\n",
+    );
+    p.file(
+        "p.toml",
+        "[pipeline]\nname = \"m\"\n[stage.data]\nkind = \"dataset\"\nsources = [\n  { lang = \"rust\", path = \"src\" },\n  { lang = \"lean\", path = \"lean-toolchain/src\", optional = true },\n]\n",
+    );
+    let report = p.json(&["run", "p.toml"]);
+    let data = stage(&report, "data");
+    assert_eq!(data["status"], "ran", "{report}");
+    assert_eq!(data["metrics"]["skipped_sources"], 1, "{report}");
+    assert_eq!(data["metrics"]["pairs"], 1, "{report}");
+    let log = std::fs::read_to_string(data["log"].as_str().unwrap()).unwrap();
+    assert!(
+        log.contains("note: optional source skipped: lean-toolchain/src"),
+        "{log}"
+    );
+    // Without `optional`, the same source stops the run and says how to allow it.
+    let text = p.read("p.toml").replace(", optional = true", "");
+    p.file("p.toml", &text);
+    let out = p.xtr(&["run", "p.toml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("add `optional = true`"),
+        "{}",
+        stderr(&out)
+    );
+}

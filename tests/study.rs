@@ -203,6 +203,9 @@ fn every_study_stage_runs_caches_and_reruns_what_a_change_touches() {
         .filter(|n| stage(&lr, n)["status"] == "ran")
         .collect();
     assert_eq!(ran, ["train", "merge", "index", "eval", "report"], "{lr}");
+    // The report compares this run with the previous report's figures.
+    let report = p.read("reports/micro.md");
+    assert!(report.contains("## Against the previous run"), "{report}");
     // diff: the last two runs differ in train's lr, and what followed from it.
     let diff = p.json(&["diff", "p.toml"]);
     let stages = diff["diff"]["stages"].as_array().unwrap();

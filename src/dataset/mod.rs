@@ -34,6 +34,11 @@ pub struct SourceSpec {
     pub include: Vec<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// A source that may be absent on some machines (a toolchain's sources, say):
+    /// when its path resolves to nothing it is skipped with a note in the stage's
+    /// log and `metrics.json`, instead of stopping the run.
+    #[serde(default)]
+    pub optional: bool,
 }
 
 /// How files are grouped so that no group spans two splits.

@@ -37,6 +37,8 @@ struct DatasetStage {
     params: Params,
     /// Per source: the roots its path resolved to.
     roots: Vec<Vec<sources::Root>>,
+    /// Optional sources that resolved to nothing on this machine, with why.
+    skipped: Vec<String>,
 }
 
 fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
@@ -59,10 +61,21 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
     }
     let mut roots = Vec::with_capacity(params.sources.len());
     let mut deps = Vec::new();
+    let mut skipped = Vec::new();
     for (i, source) in params.sources.iter().enumerate() {
         let index = i.to_string();
-        let resolved = sources::resolve(&source.path, &spec.dir)
-            .map_err(|e| param_error(spec, &["sources", &index, "path"], e))?;
+        let resolved = match sources::resolve(&source.path, &spec.dir) {
+            Ok(resolved) => resolved,
+            Err(e) if source.optional => {
+                skipped.push(format!("{} ({e})", source.path));
+                roots.push(Vec::new());
+                continue;
+            }
+            Err(e) => {
+                return Err(param_error(spec, &["sources", &index, "path"], e)
+                    .with_help("if it may be absent on some machines, add `optional = true`"))
+            }
+        };
         if let Err(e) = sources::Filter::new(source.lang, &source.include, &source.exclude) {
             return Err(param_error(spec, &["sources", &index], format!("{e:#}")));
         }
@@ -84,6 +97,7 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
     let stage = DatasetStage {
         params: params.clone(),
         roots,
+        skipped,
     };
     Ok(Configured::new(spec, &params, stage)?.with_deps(deps))
 }
@@ -91,6 +105,9 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
 impl Stage for DatasetStage {
     fn run(&self, ctx: &StageContext<'_>) -> Result<()> {
         let mut log = ctx.log.try_clone()?;
+        for source in &self.skipped {
+            writeln!(log, "note: optional source skipped: {source}")?;
+        }
         let stats = dataset::build(
             &self.params,
             &self.roots,
@@ -102,6 +119,7 @@ impl Stage for DatasetStage {
             "pairs": stats.pairs,
             "files": stats.files.parsed,
             "bytes": stats.bytes,
+            "skipped_sources": self.skipped.len(),
         });
         std::fs::write(ctx.out_dir.join("metrics.json"), metrics.to_string())?;
         log.flush()?;

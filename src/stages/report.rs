@@ -3,6 +3,7 @@
 //! eval), written into its artifact and copied to `reports/<pipeline>.md`. The
 //! same artifacts give the same bytes, but for the "Run facts" block at the end.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -159,13 +160,69 @@ impl Stage for ReportStage {
         files_section(&mut md, ctx);
         usage_section(&mut md, ctx);
         let body = md.finish();
-        let facts = run_facts(ctx, train, &evals)?;
+        let current = eval_figures(&evals);
+        let previous_path = ctx.reports_dir.join(format!("{name}.figures.json"));
+        let previous: Option<BTreeMap<String, f64>> = std::fs::read_to_string(&previous_path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        let mut facts = run_facts(ctx, train, &evals)?;
+        if let Some(previous) = previous {
+            facts.push_str(&against_previous(&previous, &current));
+        }
         let text = format!("{body}\n---\n{facts}");
         std::fs::write(ctx.out_dir.join(REPORT_MD), &text).context("writing report.md")?;
         std::fs::write(ctx.out_dir.join("metrics.json"), headline.to_string())
             .context("writing metrics.json")?;
-        publish(ctx, &text, &plot)
+        publish(ctx, &text, &plot)?;
+        std::fs::write(
+            &previous_path,
+            serde_json::to_string_pretty(&current)? + "\n",
+        )
+        .with_context(|| format!("writing {}", previous_path.display()))
     }
+}
+
+/// `<eval stage> <mode> <metric>` -> value, for comparing with the next run.
+fn eval_figures(evals: &[(&Input, Value)]) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for (input, report) in evals {
+        for mode in report["modes"].as_array().into_iter().flatten() {
+            let name = mode["mode"].as_str().unwrap_or_default();
+            for metric in ["p_at_1", "mrr", "ndcg_at_10"] {
+                if let Some(v) = mode["summary"][metric].as_f64() {
+                    out.insert(format!("{} {name} {metric}", input.stage), v);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// This run's figures against the ones the previous report of this pipeline
+/// recorded (`reports/<pipeline>.figures.json`), where they differ.
+fn against_previous(previous: &BTreeMap<String, f64>, current: &BTreeMap<String, f64>) -> String {
+    let rows: Vec<Vec<String>> = current
+        .iter()
+        .filter_map(|(k, now)| {
+            let before = previous.get(k)?;
+            ((now - before).abs() > 1e-12).then(|| {
+                vec![
+                    k.clone(),
+                    num(Some(*before), 3),
+                    num(Some(*now), 3),
+                    format!("{:+.3}", now - before),
+                ]
+            })
+        })
+        .collect();
+    let mut md = Markdown::default();
+    md.section("Against the previous run");
+    if rows.is_empty() {
+        md.paragraph("No evaluation figure changed since the previous report of this pipeline.");
+    } else {
+        md.table(&["figure", "previous", "this run", "change"], &rows);
+    }
+    md.finish()
 }
 
 impl ReportStage {
