@@ -31,8 +31,8 @@ pub struct IndexArgs {
     #[arg(long)]
     out: PathBuf,
     /// Languages to read (repeatable) [default: all].
-    #[arg(long = "lang", value_enum)]
-    langs: Vec<LangArg>,
+    #[arg(long = "lang", value_parser = parse_lang)]
+    langs: Vec<Lang>,
     /// Bits per residual dimension (2 or 4).
     #[arg(long, default_value_t = CodecParams::default().nbits)]
     nbits: u8,
@@ -79,31 +79,15 @@ enum FusionArg {
     Weighted,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum LangArg {
-    Rust,
-    Python,
-    Lean,
-    Swift,
-    Java,
-    Typescript,
-    Cpp,
-    Objc,
-}
-
-impl LangArg {
-    fn lang(self) -> Lang {
-        match self {
-            LangArg::Rust => Lang::Rust,
-            LangArg::Python => Lang::Python,
-            LangArg::Lean => Lang::Lean,
-            LangArg::Swift => Lang::Swift,
-            LangArg::Java => Lang::Java,
-            LangArg::Typescript => Lang::Typescript,
-            LangArg::Cpp => Lang::Cpp,
-            LangArg::Objc => Lang::Objc,
-        }
-    }
+/// `--lang`: a language as the dataset kind names it.
+fn parse_lang(name: &str) -> Result<Lang, String> {
+    Lang::ALL
+        .into_iter()
+        .find(|l| l.name() == name)
+        .ok_or_else(|| {
+            let names: Vec<&str> = Lang::ALL.iter().map(|l| l.name()).collect();
+            format!("expected one of {}", names.join(", "))
+        })
 }
 
 /// The index directory `path` names: itself, or an index artifact's `index/`.
@@ -132,7 +116,7 @@ pub fn cmd_index(args: IndexArgs) -> Result<ExitCode, Failure> {
     let langs: Vec<Lang> = if args.langs.is_empty() {
         Lang::ALL.to_vec()
     } else {
-        args.langs.iter().map(|l| l.lang()).collect()
+        args.langs.clone()
     };
     let several = args.paths.len() > 1;
     let roots: Vec<SourceRoot> = args

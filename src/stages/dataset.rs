@@ -79,17 +79,8 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
         if let Err(e) = sources::Filter::new(source.lang, &source.include, &source.exclude) {
             return Err(param_error(spec, &["sources", &index], format!("{e:#}")));
         }
-        for root in &resolved {
-            deps.push(Dep {
-                // The resolved root, absolute: adding or editing a source file reruns the stage.
-                name: root.path.to_string_lossy().into_owned(),
-                path: root.path.clone(),
-                origin: spec
-                    .params
-                    .origin_at(&["sources".to_string(), index.clone(), "path".to_string()])
-                    .clone(),
-            });
-        }
+        // The resolved roots: adding or editing a source file reruns the stage.
+        deps.extend(resolved.iter().map(|r| Dep::source_root(spec, i, &r.path)));
         roots.push(resolved);
     }
     deps.sort_by(|a, b| a.name.cmp(&b.name));

@@ -153,14 +153,7 @@ fn resolve_sources(
                 None => format!("{}/", root.display),
             };
             if !deps.iter().any(|d| d.path == root.path) {
-                deps.push(Dep {
-                    name: root.path.to_string_lossy().into_owned(),
-                    path: root.path.clone(),
-                    origin: spec
-                        .params
-                        .origin_at(&["sources".to_string(), index.clone(), "path".to_string()])
-                        .clone(),
-                });
+                deps.push(Dep::source_root(spec, i, &root.path));
             }
             roots.push(SourceRoot {
                 path: root.path,

@@ -64,6 +64,19 @@ pub struct Dep {
     pub origin: Origin,
 }
 
+impl Dep {
+    /// A source root that the `sources[index].path` param resolved to: its files
+    /// enter the key under its resolved path.
+    pub fn source_root(spec: &StageSpec, index: usize, root: &Path) -> Dep {
+        let at = ["sources".to_string(), index.to_string(), "path".to_string()];
+        Dep {
+            name: root.to_string_lossy().into_owned(),
+            path: root.to_path_buf(),
+            origin: spec.params.origin_at(&at).clone(),
+        }
+    }
+}
+
 /// A stage decoded from its table: everything that enters its key, and the stage.
 pub struct Configured {
     /// The params as the key sees them: defaults filled in, `device` resolved.
