@@ -43,6 +43,45 @@ fn bench_train_step_runs_the_lora_step_on_a_tiny_model() {
 }
 
 #[test]
+fn an_eager_bench_prints_the_phase_table_and_the_mfu() {
+    let p = Project::new();
+    let out = p.xtr(&[
+        "bench",
+        "train-step",
+        "--model",
+        &fixture("tiny_bert"),
+        "--eager",
+        "--batch",
+        "3",
+        "--qlen",
+        "4",
+        "--dlen",
+        "6",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--device",
+        "cpu",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    for row in [
+        "MFU ",
+        "GEMM peak",
+        "forward (query)",
+        "forward (doc)",
+        "MaxSim",
+        "loss",
+        "backward",
+        "optimizer",
+        "100.0%",
+    ] {
+        assert!(text.contains(row), "no {row:?} in:\n{text}");
+    }
+}
+
+#[test]
 fn gpu_without_a_gpu_is_a_clear_error() {
     let p = Project::new();
     let out = p.xtr(&[
@@ -135,6 +174,16 @@ device = "{device}"
     assert_eq!(profile["batch"], 3);
     assert_eq!(profile["steps"], 2);
     assert!(profile["final_loss"].as_f64().is_some_and(f64::is_finite));
+    for key in ["step_flops", "gemm_peak_flops", "mfu"] {
+        assert!(
+            profile[key].as_f64().unwrap_or(0.0) > 0.0,
+            "{key}: {profile}"
+        );
+    }
+    assert!(
+        step["metrics"]["mfu"].as_f64().unwrap_or(0.0) > 0.0,
+        "{step}"
+    );
     let log = std::fs::read_to_string(step["log"].as_str().expect("a log path")).expect("log");
     for line in [
         "warm-up step 1:",

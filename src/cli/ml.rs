@@ -186,13 +186,20 @@ pub fn cmd_bench_train_step(args: TrainStepArgs) -> Result<ExitCode, Failure> {
             report.dtype,
             report.final_loss
         );
+        println!(
+            "  MFU {:.2}%: {:.3} GFLOP/step at {:.2} GFLOP/s, of a {:.2} GFLOP/s GEMM peak measured here",
+            100.0 * report.mfu,
+            report.step_flops / 1e9,
+            report.step_flops / report.step_seconds / 1e9,
+            report.gemm_peak_flops / 1e9
+        );
         if report.compiled {
             println!("  compiled: the step is one graph; --eager gives a per-phase split");
         } else {
-            println!(
-                "  phases per step: forward+backward {:.3} s, optimizer {:.3} s",
-                report.phases.forward_backward, report.phases.optimizer
-            );
+            println!("  per step (mean), an evaluation barrier after each phase:");
+            for line in crate::train::bench::phase_table(&report.phases) {
+                println!("{line}");
+            }
         }
         println!("  {} trainable params", report.trainable_params);
     }

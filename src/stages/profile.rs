@@ -1,8 +1,10 @@
 //! `profile`: where a LoRA train step spends its time, as a pipeline stage. It
 //! times the step `train` will run (MaxSim InfoNCE + margin, AdamW, LoRA on q
 //! and v) on synthetic token ids, on the stage's `device` and `dtype`, and
-//! writes `profile.json` (the `xtr-pipe bench train-step --json` document) and
-//! `metrics.json` (samples/s, seconds per step, final loss).
+//! writes `profile.json` (the `xtr-pipe bench train-step --json` document:
+//! with `compile = false`, the share of each phase of the step; always the
+//! step's FLOPs, the GEMM peak measured on the stage's device and dtype, and
+//! the MFU) and `metrics.json` (samples/s, seconds per step, MFU, final loss).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,8 +21,8 @@ use crate::train::bench::{run_until, BenchOptions, StepDone, StepShape, T5_BASE_
 
 pub const KIND: Kind = Kind {
     name: "profile",
-    version: 1,
-    summary: "time a LoRA train step (samples/s, per-phase split) on the chosen device",
+    version: 2,
+    summary: "time a LoRA train step (samples/s, MFU, per-phase split) on the chosen device",
     template: include_str!("../../stages/profile.toml"),
     inputs: &[],
     outputs: &[
@@ -30,7 +32,7 @@ pub const KIND: Kind = Kind {
         },
         Output {
             file: "metrics.json",
-            what: "samples_per_s, step_seconds, final_loss",
+            what: "samples_per_s, step_seconds, mfu, final_loss",
         },
     ],
     configure,
@@ -152,15 +154,25 @@ impl Stage for ProfileStage {
         let metrics = serde_json::json!({
             "samples_per_s": report.samples_per_s,
             "step_seconds": report.step_seconds,
+            "mfu": report.mfu,
             "final_loss": report.final_loss,
         });
         std::fs::write(ctx.out_dir.join("metrics.json"), metrics.to_string())
             .context("writing metrics.json")?;
         writeln!(
             log,
-            "{:.2} samples/s ({:.4} s/step, median), loss {:.4}",
-            report.samples_per_s, report.step_seconds, report.final_loss
+            "{:.2} samples/s ({:.4} s/step, median), MFU {:.2}% of a {:.1} GFLOP/s GEMM, loss {:.4}",
+            report.samples_per_s,
+            report.step_seconds,
+            100.0 * report.mfu,
+            report.gemm_peak_flops / 1e9,
+            report.final_loss
         )?;
+        if !report.compiled {
+            for line in crate::train::bench::phase_table(&report.phases) {
+                writeln!(log, "{line}")?;
+            }
+        }
         Ok(())
     }
 }

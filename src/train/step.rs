@@ -2,8 +2,10 @@
 //! MaxSim InfoNCE + margin over in-batch negatives, gradients for the LoRA
 //! adapters only, AdamW. The same code runs on the CPU and on a GPU (MLX's
 //! default device), eagerly or compiled into one fused graph (`mx::compile`).
+//! An eager step can be timed phase by phase (query forward, document forward,
+//! MaxSim, loss, backward, optimizer), with an evaluation barrier after each.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -40,10 +42,91 @@ pub struct StepConfig {
 
 /// Seconds spent in each phase of a step, measured with evaluation barriers
 /// (eager steps only; a compiled step is one graph).
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+///
+/// The forward phases run inside `value_and_grad`'s closure, each ended by an
+/// `eval` of what it produced (the query embeddings, the document embeddings,
+/// the score matrix, the loss); `backward` is the rest of `value_and_grad`,
+/// from the closure's return until every gradient is evaluated. So the forward
+/// runs once, as in an untimed step, and the phases add up to the step.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct PhaseTimes {
+    /// The five phases below up to the optimizer: the step's forward and backward.
     pub forward_backward: f64,
+    /// The encoder (and head) on the query batch.
+    pub forward_query: f64,
+    /// The encoder (and head) on the document batch.
+    pub forward_doc: f64,
+    /// The `[B, B]` MaxSim score matrix.
+    pub maxsim: f64,
+    /// InfoNCE + margin from the scores.
+    pub loss: f64,
+    /// The LoRA gradients, given the evaluated forward.
+    pub backward: f64,
+    /// AdamW over the adapters.
     pub optimizer: f64,
+}
+
+impl PhaseTimes {
+    /// The step the six phases make up (within microseconds of
+    /// `forward_backward + optimizer`: the bookkeeping between barriers).
+    pub fn total(&self) -> f64 {
+        self.forward_query
+            + self.forward_doc
+            + self.maxsim
+            + self.loss
+            + self.backward
+            + self.optimizer
+    }
+
+    /// Each phase scaled by `k` (e.g. `1 / steps` for a mean).
+    pub fn scaled(&self, k: f64) -> PhaseTimes {
+        PhaseTimes {
+            forward_backward: self.forward_backward * k,
+            forward_query: self.forward_query * k,
+            forward_doc: self.forward_doc * k,
+            maxsim: self.maxsim * k,
+            loss: self.loss * k,
+            backward: self.backward * k,
+            optimizer: self.optimizer * k,
+        }
+    }
+
+    /// Each phase as a fraction of [`PhaseTimes::total`] (all zero when it is zero).
+    pub fn shares(&self) -> PhaseTimes {
+        let total = self.total();
+        if total > 0.0 {
+            self.scaled(1.0 / total)
+        } else {
+            PhaseTimes::default()
+        }
+    }
+}
+
+/// The clock of a phase-timed forward: each [`Barriers::mark`] evaluates what
+/// a phase produced and books the time since the previous mark to it.
+struct Barriers {
+    last: Cell<Instant>,
+    /// `[forward_query, forward_doc, maxsim, loss]`.
+    forward: Cell<[f64; 4]>,
+}
+
+impl Barriers {
+    fn new() -> Barriers {
+        Barriers {
+            last: Cell::new(Instant::now()),
+            forward: Cell::new([0.0; 4]),
+        }
+    }
+
+    fn mark(&self, phase: usize, done: &[&Array]) -> mlx::Result<()> {
+        mlx::eval(done.iter().copied())?;
+        let now = Instant::now();
+        let mut forward = self.forward.get();
+        forward[phase] += now.duration_since(self.last.get()).as_secs_f64();
+        self.forward.set(forward);
+        self.last.set(now);
+        Ok(())
+    }
 }
 
 /// A model with LoRA adapters and the optimizer state over them.
@@ -59,13 +142,15 @@ pub struct Trainer {
     pub steps: u64,
 }
 
-/// The loss of `model` on `batch` with the LoRA adapters set to `params`.
+/// The loss of `model` on `batch` with the LoRA adapters set to `params`;
+/// with `barriers`, each forward phase is evaluated and timed as it ends.
 fn loss_with(
     model: &RefCell<MultiVectorModel>,
     params: &[Array],
     batch: [&Array; 4],
     dropout_key: Option<&Array>,
     loss_cfg: &LossConfig,
+    barriers: Option<&Barriers>,
 ) -> Result<Array> {
     set_lora_params(&mut model.borrow_mut().encoder, params)?;
     let model = model.borrow();
@@ -73,10 +158,20 @@ fn loss_with(
         Some(key) => Ctx::train(key.clone()),
         None => Ctx::eval(),
     };
+    let mark = |phase: usize, done: &[&Array]| -> mlx::Result<()> {
+        barriers.map_or(Ok(()), |b| b.mark(phase, done))
+    };
     let [q_ids, q_mask, d_ids, d_mask] = batch;
     let q = model.forward_with(&ctx, q_ids, q_mask)?;
+    mark(0, &[&q.embeddings, &q.mask])?;
     let d = model.forward_with(&ctx, d_ids, d_mask)?;
-    Ok(retrieval_loss(&q.embeddings, &q.mask, &d.embeddings, &d.mask, loss_cfg)?.0)
+    mark(1, &[&d.embeddings, &d.mask])?;
+    let (loss, scores) = retrieval_loss(&q.embeddings, &q.mask, &d.embeddings, &d.mask, loss_cfg)?;
+    // `scores` is the node the loss is built on: evaluating it first runs the
+    // MaxSim alone, and the loss after it only what remains.
+    mark(2, &[&scores])?;
+    mark(3, &[&loss])?;
+    Ok(loss)
 }
 
 /// Loss and LoRA gradients, the closure's errors carried through MLX.
@@ -87,9 +182,21 @@ fn loss_and_grads(
     dropout_key: Option<&Array>,
     loss_cfg: &LossConfig,
 ) -> mlx::Result<(Array, Vec<Array>)> {
+    loss_and_grads_timed(model, params, batch, dropout_key, loss_cfg, None)
+}
+
+/// [`loss_and_grads`], its forward phases timed by `barriers` when given.
+fn loss_and_grads_timed(
+    model: &RefCell<MultiVectorModel>,
+    params: &[Array],
+    batch: [&Array; 4],
+    dropout_key: Option<&Array>,
+    loss_cfg: &LossConfig,
+    barriers: Option<&Barriers>,
+) -> mlx::Result<(Array, Vec<Array>)> {
     let (values, grads) = value_and_grad(
         |p: &[Array]| {
-            loss_with(model, p, batch, dropout_key, loss_cfg)
+            loss_with(model, p, batch, dropout_key, loss_cfg, barriers)
                 .map(|l| vec![l])
                 .map_err(|e| mlx::Exception::new(format!("{e:#}")))
         },
@@ -187,11 +294,25 @@ impl Trainer {
     ) -> Result<Array> {
         let start = Instant::now();
         let key = self.cfg.train_dropout.then_some(&dropout_key);
-        let (loss, grads) = loss_and_grads(&self.model, &self.params, batch, key, &self.cfg.loss)
-            .context("forward/backward")?;
+        let barriers = phases.is_some().then(Barriers::new);
+        let (loss, grads) = loss_and_grads_timed(
+            &self.model,
+            &self.params,
+            batch,
+            key,
+            &self.cfg.loss,
+            barriers.as_ref(),
+        )
+        .context("forward/backward")?;
         let mut phases = phases;
-        if let Some(p) = phases.as_deref_mut() {
+        if let (Some(p), Some(b)) = (phases.as_deref_mut(), &barriers) {
             mlx::eval(grads.iter().chain([&loss]))?;
+            let [query, doc, maxsim, loss] = b.forward.get();
+            p.forward_query += query;
+            p.forward_doc += doc;
+            p.maxsim += maxsim;
+            p.loss += loss;
+            p.backward += b.last.get().elapsed().as_secs_f64();
             p.forward_backward += start.elapsed().as_secs_f64();
         }
         let opt_start = Instant::now();
@@ -890,6 +1011,66 @@ mod tests {
             host(&lora_params(&a.model().encoder)),
             host(&lora_params(&b.model().encoder))
         );
+    }
+
+    #[test]
+    fn the_eager_split_times_every_phase_and_adds_up_to_the_step() {
+        let (mut timed, mut plain) = (trainer(false), trainer(false));
+        let b = batch();
+        let mut phases = PhaseTimes::default();
+        let mut wall = 0.0;
+        for _ in 0..3 {
+            let start = Instant::now();
+            let lt = timed.step(&b, Some(&mut phases)).unwrap();
+            wall += start.elapsed().as_secs_f64();
+            let lp = plain.step(&b, None).unwrap();
+            assert_eq!(lt, lp, "the barriers changed the loss");
+        }
+        assert_eq!(
+            host(&timed.state().params),
+            host(&plain.state().params),
+            "the barriers changed the update"
+        );
+        let p = phases;
+        let split = [
+            ("forward (query)", p.forward_query),
+            ("forward (doc)", p.forward_doc),
+            ("MaxSim", p.maxsim),
+            ("loss", p.loss),
+            ("backward", p.backward),
+            ("optimizer", p.optimizer),
+        ];
+        for (name, seconds) in split {
+            assert!(seconds > 0.0, "{name} took {seconds} s: {p:?}");
+        }
+        let five: f64 = split[..5].iter().map(|(_, s)| s).sum();
+        assert!(
+            five <= p.forward_backward && five >= 0.95 * p.forward_backward,
+            "the forward and backward phases add to {five} s of {} s",
+            p.forward_backward
+        );
+        assert!(
+            p.total() <= wall && p.total() >= 0.75 * wall,
+            "the phases add to {} s of a {wall} s step",
+            p.total()
+        );
+        let shares: f64 = split
+            .iter()
+            .map(|(_, s)| s / p.total())
+            .zip([
+                p.shares().forward_query,
+                p.shares().forward_doc,
+                p.shares().maxsim,
+                p.shares().loss,
+                p.shares().backward,
+                p.shares().optimizer,
+            ])
+            .map(|(want, got)| {
+                assert!((want - got).abs() < 1e-12, "share {got} vs {want}");
+                got
+            })
+            .sum();
+        assert!((shares - 1.0).abs() < 1e-9, "the shares add to {shares}");
     }
 
     #[test]
