@@ -505,9 +505,10 @@ fn speed_section(
         rows.push(vec![
             format!("profile `{}`", input.stage),
             format!(
-                "{} samples/s, {} ms/step",
+                "{} samples/s, {} ms/step, MFU {}%",
                 num(f(&p["samples_per_s"]), 1),
-                num(f(&p["step_seconds"]).map(|s| s * 1e3), 1)
+                num(f(&p["step_seconds"]).map(|s| s * 1e3), 1),
+                num(f(&p["mfu"]).map(|m| m * 100.0), 1)
             ),
         ]);
     }
