@@ -3,7 +3,10 @@
 
 mod common;
 
-use common::{stage, stderr, Project};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{stage, stderr, wait_for_file, Project};
 
 const MODEL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -322,4 +325,97 @@ fn two_clean_runs_agree_on_every_key_and_on_the_report() {
     assert_eq!(body, report_body(&p));
     let svg = |dir: &str| std::fs::read(p.path(&format!("{dir}/micro-loss.svg"))).unwrap();
     assert_eq!(svg("reports-1"), svg("reports"));
+}
+
+/// dataset -> train only, long enough to kill mid-run, a checkpoint every 5 steps.
+fn resumable_pipeline(p: &Project) {
+    write_sources(p, 48);
+    p.file(
+        "p.toml",
+        &format!(
+            r#"[pipeline]
+name = "resume"
+
+[stage.dataset]
+kind = "dataset"
+sources = [{{ lang = "python", path = "src" }}]
+split = {{ train = 0.8, eval = 0.2, test = 0.0 }}
+drop_tests = false
+
+[stage.train]
+uses = "train"
+needs = ["dataset"]
+model = "{MODEL}"
+batch_size = 4
+grad_accum = 2
+epochs = 100
+max_steps = 400
+warmup_steps = 5
+checkpoint_every = 5
+eval_every = 0
+eval_batches = 2
+max_query_tokens = 16
+max_doc_tokens = 32
+compile = false
+device = "cpu"
+"#
+        ),
+    );
+}
+
+fn adapters(report: &serde_json::Value) -> Vec<u8> {
+    let dir = stage(report, "train")["artifact"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    std::fs::read(format!("{dir}/adapters.safetensors")).unwrap()
+}
+
+#[test]
+fn a_train_stage_killed_with_sigkill_resumes_to_bit_identical_adapters() {
+    let reference = Project::new();
+    resumable_pipeline(&reference);
+    let uninterrupted = reference.json(&["run", "p.toml"]);
+
+    let p = Project::new();
+    resumable_pipeline(&p);
+    let plan = p.json(&["run", "p.toml", "--dry-run"]);
+    let key = stage(&plan, "train")["key"].as_str().unwrap().to_string();
+    let checkpoint = p.path(&format!("artifacts/.work/{key}/checkpoint.safetensors"));
+    let mut child = p
+        .command(&["run", "p.toml"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_for_file(&checkpoint, Duration::from_secs(120)),
+        "no checkpoint was written"
+    );
+    child.kill().unwrap(); // SIGKILL, mid-training
+    child.wait().unwrap();
+    let resumed = p.json(&["run", "p.toml"]);
+    let train = stage(&resumed, "train");
+    assert_eq!(train["status"], "ran", "{resumed}");
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!(
+            "{}/train.json",
+            train["artifact"].as_str().unwrap()
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        summary["resumed_from"]
+            .as_u64()
+            .is_some_and(|s| s > 0 && s < 400),
+        "the second run did not resume mid-way: {summary}"
+    );
+    assert!(
+        adapters(&uninterrupted) == adapters(&resumed),
+        "adapters differ after resume"
+    );
+    assert!(
+        !checkpoint.exists(),
+        "the working directory outlived the published artifact"
+    );
 }

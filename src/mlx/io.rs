@@ -95,8 +95,55 @@ pub fn save_safetensors_bytes<'a, S: AsRef<str>>(
 ) -> Result<Vec<u8>> {
     let owned = collect(arrays)?;
     let views = views(&owned)?;
-    safetensors::serialize(views, metadata)
-        .map_err(|e| Exception::new(format!("cannot serialise safetensors: {e}")))
+    let bytes = safetensors::serialize(views, metadata)
+        .map_err(|e| Exception::new(format!("cannot serialise safetensors: {e}")))?;
+    Ok(canonical_metadata(bytes))
+}
+
+/// The same file with its `__metadata__` entries in sorted order: safetensors
+/// writes them in a `HashMap`'s order, which differs from process to process,
+/// and the same tensors must give the same bytes (artifacts are compared and
+/// hashed). The header keeps its length (the same entries, reordered; padding
+/// as before), so every data offset stays valid.
+fn canonical_metadata(bytes: Vec<u8>) -> Vec<u8> {
+    let Some(n) = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(|b| u64::from_le_bytes(b) as usize)
+    else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..8 + n) else {
+        return bytes;
+    };
+    let Ok(serde_json::Value::Object(mut top)) = serde_json::from_slice(header) else {
+        return bytes;
+    };
+    let Some(serde_json::Value::Object(meta)) = top.remove("__metadata__") else {
+        return bytes;
+    };
+    let sorted: std::collections::BTreeMap<String, serde_json::Value> = meta.into_iter().collect();
+    let mut text = String::from("{\"__metadata__\":");
+    let rest = serde_json::Value::Object(top).to_string();
+    match serde_json::to_string(&sorted) {
+        Ok(meta) => text.push_str(&meta),
+        Err(_) => return bytes,
+    }
+    if rest.len() > 2 {
+        text.push(',');
+        text.push_str(&rest[1..]);
+    } else {
+        text.push('}');
+    }
+    if text.len() > n {
+        return bytes;
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&bytes[..8]);
+    out.extend_from_slice(text.as_bytes());
+    out.resize(8 + n, b' ');
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
 }
 
 /// Saves named arrays (evaluating them) to a `.safetensors` file.
@@ -106,9 +153,8 @@ pub fn save_safetensors<'a, S: AsRef<str>>(
     path: impl AsRef<Path>,
 ) -> Result<()> {
     let path = path.as_ref();
-    let owned = collect(arrays)?;
-    let views = views(&owned)?;
-    safetensors::serialize_to_file(views, metadata, path)
+    let bytes = save_safetensors_bytes(arrays, metadata)?;
+    std::fs::write(path, bytes)
         .map_err(|e| Exception::new(format!("cannot write {}: {e}", path.display())))
 }
 

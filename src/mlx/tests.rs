@@ -494,3 +494,26 @@ fn compile_retraces_after_failed_trace() -> Result<()> {
     assert_eq!(vals(&y[0]), vec![2.0, 4.0]);
     Ok(())
 }
+
+/// The same tensors and metadata give the same bytes whatever order a
+/// `HashMap` hands the metadata over in (each map here has its own random seed).
+#[test]
+fn safetensors_bytes_do_not_depend_on_metadata_order() -> Result<()> {
+    let a = Array::from_slice(&[1.0f32, 2.0, 3.0], &[3])?;
+    let meta = || -> std::collections::HashMap<String, String> {
+        (0..16)
+            .map(|i| (format!("key{i}"), format!("value{i}")))
+            .collect()
+    };
+    let first = super::io::save_safetensors_bytes([("a", &a)], Some(meta()))?;
+    for _ in 0..8 {
+        assert_eq!(
+            first,
+            super::io::save_safetensors_bytes([("a", &a)], Some(meta()))?
+        );
+    }
+    let (_, header) = safetensors::SafeTensors::read_metadata(&first)
+        .map_err(|e| crate::mlx::Exception::new(e.to_string()))?;
+    assert_eq!(header.metadata().as_ref().map(|m| m.len()), Some(16));
+    Ok(())
+}
