@@ -176,6 +176,8 @@ fn every_study_stage_runs_caches_and_reruns_what_a_change_touches() {
         "lora_config.json",
         "train.json",
         "metrics.parquet",
+        "peft/adapter_model.safetensors",
+        "peft/adapter_config.json",
     ] {
         assert!(train_out.join(f).is_file(), "train artifact lacks {f}");
     }

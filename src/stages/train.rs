@@ -6,7 +6,7 @@
 
 use std::io::Write;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::compute::{Compute, ComputeParams};
@@ -38,6 +38,10 @@ pub const KIND: Kind = Kind {
             what: "the PEFT adapter config",
         },
         Output {
+            file: PEFT_DIR,
+            what: "the adapters under PEFT's file names, for PeftModel.from_pretrained",
+        },
+        Output {
             file: TRAIN_JSON,
             what: "the config as used, final loss, wall time, samples/s, device, engine",
         },
@@ -55,6 +59,8 @@ pub const KIND: Kind = Kind {
 
 /// The adapters of a train artifact.
 pub const ADAPTERS: &str = "adapters.safetensors";
+/// The adapters under the names PEFT's `from_pretrained` looks for.
+pub const PEFT_DIR: &str = "peft";
 /// The summary of a train artifact (its `model` names the base it trained).
 pub const TRAIN_JSON: &str = "train.json";
 
@@ -143,6 +149,16 @@ impl Stage for TrainStage {
         };
         bar.finish_and_clear();
         let summary = summary?;
+        // PEFT finds adapter_model.safetensors + adapter_config.json in a directory.
+        let peft = ctx.out_dir.join(PEFT_DIR);
+        std::fs::create_dir_all(&peft).context("creating peft/")?;
+        for (from, to) in [
+            (ADAPTERS, "adapter_model.safetensors"),
+            ("lora_config.json", "adapter_config.json"),
+        ] {
+            std::fs::copy(ctx.out_dir.join(from), peft.join(to))
+                .with_context(|| format!("copying {from} to peft/{to}"))?;
+        }
         writeln!(
             log,
             "trained {} steps: final loss {:.4}, {:.1} samples/s",
