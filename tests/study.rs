@@ -39,6 +39,14 @@ fn write_sources(p: &Project, n: usize) {
     p.file("queries.toml", &queries);
 }
 
+/// The dataset stage both pipelines start from: the written sources, split by file.
+const DATASET: &str = r#"[stage.dataset]
+kind = "dataset"
+sources = [{ lang = "python", path = "src" }]
+split = { train = 0.8, eval = 0.2, test = 0.0 }
+drop_tests = false
+"#;
+
 fn micro_pipeline(p: &Project) {
     write_sources(p, 48);
     p.file(
@@ -47,12 +55,7 @@ fn micro_pipeline(p: &Project) {
             r#"[pipeline]
 name = "micro"
 
-[stage.dataset]
-kind = "dataset"
-sources = [{{ lang = "python", path = "src" }}]
-split = {{ train = 0.8, eval = 0.2, test = 0.0 }}
-drop_tests = false
-
+{DATASET}
 [stage.profile]
 kind = "profile"
 model = "{MODEL}"
@@ -338,12 +341,7 @@ fn resumable_pipeline(p: &Project) {
             r#"[pipeline]
 name = "resume"
 
-[stage.dataset]
-kind = "dataset"
-sources = [{{ lang = "python", path = "src" }}]
-split = {{ train = 0.8, eval = 0.2, test = 0.0 }}
-drop_tests = false
-
+{DATASET}
 [stage.train]
 uses = "train"
 needs = ["dataset"]
