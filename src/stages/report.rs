@@ -118,12 +118,21 @@ fn key_of(input: &Input) -> String {
         .unwrap_or_default()
 }
 
-/// `path` relative to the pipeline's directory when it is below it.
+/// `path` relative to the pipeline's directory (`../artifacts/...` for a store
+/// beside it), so the report names no machine path; absolute only when the two
+/// share no ancestor.
 fn shown(path: &Path, base: &Path) -> String {
-    path.strip_prefix(base)
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    let mut up = PathBuf::new();
+    for ancestor in base.ancestors() {
+        if let Ok(rest) = path.strip_prefix(ancestor) {
+            if ancestor.parent().is_none() {
+                break;
+            }
+            return up.join(rest).display().to_string();
+        }
+        up.push("..");
+    }
+    path.display().to_string()
 }
 
 fn f(v: &Value) -> Option<f64> {
@@ -625,4 +634,26 @@ fn publish(ctx: &StageContext<'_>, text: &str, plot: &str) -> Result<()> {
         std::fs::copy(&svg, dir.join(plot)).with_context(|| format!("copying {plot}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_shown_relative_to_the_pipeline() {
+        let base = Path::new("/home/u/repo/pipelines");
+        assert_eq!(
+            shown(Path::new("/home/u/repo/artifacts/k/out"), base),
+            "../artifacts/k/out"
+        );
+        assert_eq!(shown(Path::new("/home/u/repo/pipelines/a"), base), "a");
+        assert_eq!(shown(Path::new("/elsewhere/x"), base), "/elsewhere/x");
+    }
+
+    #[test]
+    fn metric_names_split_into_mode_and_metric() {
+        assert_eq!(split_metric("hybrid_rrf_p_at_1"), ("hybrid_rrf", "p_at_1"));
+        assert_eq!(split_metric("semantic_mrr"), ("semantic", "mrr"));
+    }
 }
