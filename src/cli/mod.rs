@@ -574,19 +574,24 @@ pub(crate) fn select_device(device: crate::stages::compute::DeviceParam) -> Resu
     Ok(())
 }
 
+/// The directory `path` names that holds `marker`: `path` itself, or `sub/`
+/// in it (an artifact's `out/`), or `out/sub/` (the artifact's directory).
+pub(crate) fn artifact_dir(path: &std::path::Path, sub: &str, marker: &str) -> Option<PathBuf> {
+    [
+        path.to_path_buf(),
+        path.join(sub),
+        path.join("out").join(sub),
+    ]
+    .into_iter()
+    .find(|dir| dir.join(marker).is_file())
+}
+
 /// The model directory `path` names: itself, or a merge artifact's `model/`.
 pub(crate) fn model_dir(path: &std::path::Path) -> Result<PathBuf> {
-    for dir in [
-        path.to_path_buf(),
-        path.join("model"),
-        path.join("out/model"),
-    ] {
-        if dir.join("config.json").is_file() {
-            return Ok(dir);
-        }
-    }
-    anyhow::bail!(
-        "{} is not a model: no config.json in it (nor in model/, as a merge artifact has)",
-        path.display()
-    )
+    artifact_dir(path, "model", "config.json").ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} is not a model: no config.json in it (nor in model/, as a merge artifact has)",
+            path.display()
+        )
+    })
 }

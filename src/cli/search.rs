@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use super::{model_dir, print_json, select_device, Failure, JsonFlag};
+use super::{artifact_dir, model_dir, print_json, select_device, Failure, JsonFlag};
 use crate::cancel::CancelToken;
 use crate::dataset::Lang;
 use crate::search::codec::CodecParams;
@@ -92,20 +92,13 @@ fn parse_lang(name: &str) -> Result<Lang, String> {
 
 /// The index directory `path` names: itself, or an index artifact's `index/`.
 fn index_dir(path: &Path) -> Result<PathBuf> {
-    for dir in [
-        path.to_path_buf(),
-        path.join("index"),
-        path.join("out/index"),
-    ] {
-        if dir.join("index.json").is_file() {
-            return Ok(dir);
-        }
-    }
-    bail!(
-        "{} is not an index: no index.json in it (nor in index/, as an index artifact has); \
-         build one with `xtr-pipe index PATH --model M --out DIR`",
-        path.display()
-    )
+    artifact_dir(path, "index", "index.json").ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} is not an index: no index.json in it (nor in index/, as an index artifact has); \
+             build one with `xtr-pipe index PATH --model M --out DIR`",
+            path.display()
+        )
+    })
 }
 
 pub fn cmd_index(args: IndexArgs) -> Result<ExitCode, Failure> {

@@ -329,16 +329,7 @@ mod tests {
     fn tokenizer_files_are_copied_and_other_weight_formats_are_not() {
         let tmp = tempfile::tempdir().unwrap();
         let base_dir = tmp.path().join("base");
-        std::fs::create_dir_all(base_dir.join("2_Dense")).unwrap();
-        for f in [
-            "config.json",
-            "model.safetensors",
-            "modules.json",
-            "2_Dense/config.json",
-            "2_Dense/model.safetensors",
-        ] {
-            std::fs::copy(fixture("tiny_bert").join(f), base_dir.join(f)).unwrap();
-        }
+        crate::model::tests::copy_dir(&fixture("tiny_bert"), &base_dir).unwrap();
         for f in [
             "tokenizer.json",
             "tokenizer_config.json",

@@ -424,4 +424,4 @@ pub fn embed(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -203,16 +203,7 @@ mod tests {
 
     /// Copies the tiny BERT into `dir` (files and the Dense folder).
     fn copy_model(dir: &Path) {
-        std::fs::create_dir_all(dir.join("2_Dense")).unwrap();
-        for f in [
-            "config.json",
-            "model.safetensors",
-            "modules.json",
-            "2_Dense/config.json",
-            "2_Dense/model.safetensors",
-        ] {
-            std::fs::copy(fixture().join(f), dir.join(f)).unwrap();
-        }
+        crate::model::tests::copy_dir(&fixture(), dir).unwrap();
     }
 
     fn err(spec: &str, base: &Path, cache: &HfCache) -> String {

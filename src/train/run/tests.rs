@@ -22,16 +22,7 @@ pub(crate) fn tiny_model_with_tokenizer(dir: &Path) -> PathBuf {
 /// The tiny BERT with a word tokenizer of `words` entries.
 fn tiny_model_with_words(dir: &Path, words: usize) -> PathBuf {
     let root = dir.join("model");
-    std::fs::create_dir_all(root.join("2_Dense")).unwrap();
-    for f in [
-        "config.json",
-        "model.safetensors",
-        "modules.json",
-        "2_Dense/config.json",
-        "2_Dense/model.safetensors",
-    ] {
-        std::fs::copy(Path::new(FIXTURE).join(f), root.join(f)).unwrap();
-    }
+    crate::model::tests::copy_dir(Path::new(FIXTURE), &root).unwrap();
     let mut vocab = serde_json::Map::new();
     vocab.insert("[PAD]".into(), 0.into());
     vocab.insert("[UNK]".into(), 1.into());
