@@ -135,6 +135,36 @@ fn shown(path: &Path, base: &Path) -> String {
     path.display().to_string()
 }
 
+/// The JSON files the sections use, each read once: every input of a role
+/// with its file.
+struct Read<'a> {
+    evals: Vec<(&'a Input, Value)>,
+    profiles: Vec<(&'a Input, Value)>,
+    /// At most one (the role's arity).
+    train: Vec<(&'a Input, Value)>,
+    /// Each index's metrics.json.
+    indexes: Vec<(&'a Input, Value)>,
+}
+
+impl<'a> Read<'a> {
+    fn from(ctx: &'a StageContext<'_>) -> Result<Read<'a>> {
+        let role = |role: &str, file: &str| -> Result<Vec<(&'a Input, Value)>> {
+            ctx.inputs
+                .all()
+                .iter()
+                .filter(|i| i.role == role)
+                .map(|i| Ok((i, read_json(i, file)?)))
+                .collect()
+        };
+        Ok(Read {
+            evals: role("eval", "eval.json")?,
+            profiles: role("profile", "profile.json")?,
+            train: role("train", "train.json")?,
+            indexes: role("index", "metrics.json")?,
+        })
+    }
+}
+
 fn f(v: &Value) -> Option<f64> {
     v.as_f64()
 }
@@ -148,33 +178,27 @@ impl Stage for ReportStage {
             .clone()
             .unwrap_or_else(|| format!("{name}: code-search study"));
         let mut md = Markdown::title(&title);
-        let evals: Vec<(&Input, Value)> = ctx
-            .inputs
-            .all()
-            .iter()
-            .filter(|i| i.role == "eval")
-            .map(|i| Ok((i, read_json(i, "eval.json")?)))
-            .collect::<Result<_>>()?;
-        let headline = self.summary(&mut md, &evals)?;
-        profile_section(&mut md, ctx)?;
+        let read = Read::from(ctx)?;
+        let evals = &read.evals;
+        let headline = self.summary(&mut md, evals)?;
+        profile_section(&mut md, &read.profiles);
         let plot = format!("{name}-loss.svg");
-        let train = ctx.inputs.optional("train");
-        if let Some(train) = train {
-            train_sections(&mut md, train, &ctx.out_dir.join(&plot), &plot)?;
+        if let Some((train, t)) = read.train.first() {
+            train_sections(&mut md, train, t, &ctx.out_dir.join(&plot), &plot)?;
         }
         if let Some(dataset) = ctx.inputs.optional("dataset") {
             dataset_section(&mut md, dataset)?;
         }
-        eval_section(&mut md, &evals);
+        eval_section(&mut md, evals);
         files_section(&mut md, ctx);
         usage_section(&mut md, ctx);
         let body = md.finish();
-        let current = eval_figures(&evals);
+        let current = eval_figures(evals);
         let previous_path = ctx.reports_dir.join(format!("{name}.figures.json"));
         let previous: Option<BTreeMap<String, f64>> = std::fs::read_to_string(&previous_path)
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok());
-        let mut facts = run_facts(ctx, train, &evals)?;
+        let mut facts = run_facts(ctx, &read);
         if let Some(previous) = previous {
             facts.push_str(&against_previous(&previous, &current));
         }
@@ -303,24 +327,14 @@ fn split_metric(metric: &str) -> (&str, &str) {
     (metric, "")
 }
 
-fn profiles<'a>(ctx: &'a StageContext<'_>) -> Vec<&'a Input> {
-    ctx.inputs
-        .all()
-        .iter()
-        .filter(|i| i.role == "profile")
-        .collect()
-}
-
 /// What each profile stage timed (its speed is in the run facts).
-fn profile_section(md: &mut Markdown, ctx: &StageContext<'_>) -> Result<()> {
-    let profiles = profiles(ctx);
+fn profile_section(md: &mut Markdown, profiles: &[(&Input, Value)]) {
     if profiles.is_empty() {
-        return Ok(());
+        return;
     }
     md.section("Profile: one train step");
     let mut rows = Vec::new();
-    for input in profiles {
-        let p = read_json(input, "profile.json")?;
+    for (input, p) in profiles {
         rows.push(vec![
             input.stage.clone(),
             p["model"].as_str().map(model_name).unwrap_or_default(),
@@ -349,7 +363,6 @@ fn profile_section(md: &mut Markdown, ctx: &StageContext<'_>) -> Result<()> {
         &rows,
     );
     md.paragraph("Samples/s and the time per step are in the run facts below.");
-    Ok(())
 }
 
 /// `cpu` / `gpu` from MLX's device description.
@@ -390,8 +403,13 @@ fn model_name(model: &str) -> String {
     }
 }
 
-fn train_sections(md: &mut Markdown, train: &Input, plot_path: &Path, plot: &str) -> Result<()> {
-    let t = read_json(train, "train.json")?;
+fn train_sections(
+    md: &mut Markdown,
+    train: &Input,
+    t: &Value,
+    plot_path: &Path,
+    plot: &str,
+) -> Result<()> {
     md.section("Training configuration");
     let mut config = t["config"].clone();
     if let Some(m) = config["model"].as_str() {
@@ -519,16 +537,10 @@ fn eval_section(md: &mut Markdown, evals: &[(&Input, Value)]) {
 }
 
 /// Speed: measured on this run's machine, so it lives in the run facts.
-fn speed_section(
-    md: &mut Markdown,
-    ctx: &StageContext<'_>,
-    train: Option<&Input>,
-    evals: &[(&Input, Value)],
-) -> Result<()> {
+fn speed_section(md: &mut Markdown, read: &Read<'_>) {
     md.section("Speed");
     let mut rows = Vec::new();
-    for input in profiles(ctx) {
-        let p = read_json(input, "profile.json")?;
+    for (input, p) in &read.profiles {
         rows.push(vec![
             format!("profile `{}`", input.stage),
             format!(
@@ -539,21 +551,19 @@ fn speed_section(
             ),
         ]);
     }
-    if let Some(train) = train {
-        let t = read_json(train, "train.json")?;
+    for (train, t) in &read.train {
         rows.push(vec![
             format!("train `{}`", train.stage),
             format!("{} samples/s", num(f(&t["samples_per_s"]), 1)),
         ]);
     }
-    for index in ctx.inputs.all().iter().filter(|i| i.role == "index") {
-        let m = read_json(index, "metrics.json")?;
+    for (index, m) in &read.indexes {
         rows.push(vec![
             format!("index `{}`", index.stage),
             format!("{} units, {} tokens", m["units"], m["tokens"]),
         ]);
     }
-    for (input, report) in evals {
+    for (input, report) in &read.evals {
         for m in report["modes"].as_array().into_iter().flatten() {
             rows.push(vec![
                 format!(
@@ -570,7 +580,6 @@ fn speed_section(
         }
     }
     md.table(&["what", "figure"], &rows);
-    Ok(())
 }
 
 fn files_section(md: &mut Markdown, ctx: &StageContext<'_>) {
@@ -619,11 +628,7 @@ fn usage_section(md: &mut Markdown, ctx: &StageContext<'_>) {
 
 /// The one block that differs between runs of the same artifacts: when, and
 /// how fast (rates and latencies are measured, not part of any key).
-fn run_facts(
-    ctx: &StageContext<'_>,
-    train: Option<&Input>,
-    evals: &[(&Input, Value)],
-) -> Result<String> {
+fn run_facts(ctx: &StageContext<'_>, read: &Read<'_>) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -637,8 +642,8 @@ fn run_facts(
         env!("CARGO_PKG_VERSION"),
         ctx.stage
     ));
-    speed_section(&mut md, ctx, train, evals)?;
-    Ok(md.finish())
+    speed_section(&mut md, read);
+    md.finish()
 }
 
 /// Copy the report and its plot to `reports/<pipeline>.md`.
