@@ -95,8 +95,9 @@ device = "cpu"
 
 [stage.eval]
 uses = "eval"
-needs = ["index"]
+needs = ["index", "dataset"]
 queries = "queries.toml"
+csn_split = "eval"
 device = "cpu"
 
 [stage.index_base]
@@ -146,6 +147,27 @@ fn every_study_stage_runs_caches_and_reruns_what_a_change_touches() {
     }
     // Every query's words are its target's docstring: BM25 finds them all.
     assert_eq!(eval["bm25_p_at_1"], 1.0, "{eval}");
+    // With the dataset among its needs, eval also ranks its eval split CSN-style;
+    // eval_base, without one, does not.
+    for metric in ["csn_p_at_1", "csn_mrr", "csn_ndcg_at_10"] {
+        let v = eval[metric].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=1.0).contains(&v), "{metric} = {v} in {eval}");
+    }
+    assert!(stage(&first, "eval_base")["metrics"]
+        .get("csn_mrr")
+        .is_none());
+    let eval_dir = std::path::PathBuf::from(stage(&first, "eval")["artifact"].as_str().unwrap());
+    let eval_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(eval_dir.join("eval.json")).unwrap())
+            .unwrap();
+    let csn = &eval_json["csn"];
+    let pairs = csn["pairs"].as_u64().unwrap_or(0);
+    assert!(pairs >= 2, "{csn}");
+    assert_eq!(csn["distractors"].as_u64(), Some(pairs - 1), "{csn}");
+    assert_eq!(
+        (csn["dataset"].as_str(), csn["split"].as_str()),
+        (Some("dataset"), Some("eval"))
+    );
     let report = p.read("reports/micro.md");
     for section in [
         "## Summary",
@@ -166,6 +188,13 @@ fn every_study_stage_runs_caches_and_reruns_what_a_change_touches() {
         report.contains("**Target met**: eval bm25_p_at_1 = 1.00"),
         "{report}"
     );
+    let csn_row = format!(
+        "| eval | csn | {:.2} | {:.2} |",
+        eval["csn_p_at_1"].as_f64().unwrap(),
+        eval["csn_mrr"].as_f64().unwrap()
+    );
+    assert!(report.contains(&csn_row), "{csn_row} not in:\n{report}");
+    assert!(report.contains("CodeSearchNet-style"), "{report}");
     assert!(p.path("reports/micro-loss.svg").is_file());
     // The numbers are the artifacts': eval's semantic P@1, as the table prints it.
     let semantic = format!(
@@ -205,6 +234,14 @@ fn every_study_stage_runs_caches_and_reruns_what_a_change_touches() {
         .filter(|n| stage(&k, n)["status"] == "ran")
         .collect();
     assert_eq!(ran, ["eval", "report"], "{k}");
+    // An empty split is named, with what to change, and nothing is published.
+    let empty = p.xtr(&["run", "p.toml", "--set", "eval.csn_split=test"]);
+    assert!(!empty.status.success());
+    let err = stderr(&empty);
+    assert!(
+        err.contains("has 0 pairs in its \"test\" split") && err.contains("csn_split"),
+        "{err}"
+    );
     let lr = p.json(&["run", "p.toml", "--set", "train.lr=1e-4"]);
     let ran: Vec<&str> = ALL
         .into_iter()

@@ -8,6 +8,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::Serialize;
 
+use super::csn::CsnReport;
 use super::metrics::{Latency, QueryScores, Summary};
 use super::queries::QuerySet;
 use crate::cancel::CancelToken;
@@ -57,6 +58,19 @@ pub struct EvalReport {
     pub units: usize,
     pub k: usize,
     pub modes: Vec<ModeReport>,
+    /// The CodeSearchNet-style ranking of a dataset split, when one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub csn: Option<CsnEval>,
+}
+
+/// A dataset split ranked CodeSearchNet-style with the index's model.
+#[derive(Debug, Clone, Serialize)]
+pub struct CsnEval {
+    /// The stage whose pairs were ranked.
+    pub dataset: String,
+    pub split: String,
+    #[serde(flatten)]
+    pub report: CsnReport,
 }
 
 /// Runs `set` against `index` in each mode. An expected target the index does not
@@ -108,6 +122,7 @@ pub fn evaluate(
         units: index.units().len(),
         k: opts.search.k,
         modes,
+        csn: None,
     })
 }
 

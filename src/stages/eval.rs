@@ -1,40 +1,53 @@
 //! `eval`: a query set against the index of the `index` stage it needs, in each
 //! search mode: P@1, MRR, Recall@5/10, nDCG@10 and latency. The glue around
 //! [`crate::eval::run::evaluate`]: params, the query set (its file enters the
-//! key; an expected target the index lacks is an error naming the query).
+//! key; an expected target the index lacks is an error naming the query). Given a
+//! `dataset` stage too, it also ranks that dataset's test split CodeSearchNet-style
+//! (each query against its own code and sampled distractors) with the index's model.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::compute::{Compute, ComputeParams};
 use super::index::INDEX_DIR;
 use super::{param_error, Arity, Configured, Dep, InputRole, Kind, Output, Stage, StageContext};
+use crate::dataset::PAIRS_FILE;
+use crate::eval::csn::{evaluate_pairs, CsnOptions};
 use crate::eval::queries::QuerySet;
-use crate::eval::run::{evaluate, EvalOptions};
+use crate::eval::run::{evaluate, CsnEval, EvalOptions};
 use crate::pipeline::{ConfigError, StageSpec};
 use crate::search::{Index, Mode, ModelEmbedder, SearchOptions};
+use crate::train::data::read_pairs;
 
 pub const KIND: Kind = Kind {
     name: "eval",
-    version: 1,
+    version: 2,
     summary: "code-search quality of an index: P@1, MRR, R@5/10, nDCG@10, latency per mode",
     template: include_str!("../../stages/eval.toml"),
-    inputs: &[InputRole {
-        role: "index",
-        kinds: &["index"],
-        arity: Arity::One,
-    }],
+    inputs: &[
+        InputRole {
+            role: "index",
+            kinds: &["index"],
+            arity: Arity::One,
+        },
+        InputRole {
+            role: "dataset",
+            kinds: &["dataset"],
+            arity: Arity::Optional,
+        },
+    ],
     outputs: &[
         Output {
             file: EVAL_JSON,
-            what: "per mode: the means, latency, and every query's ranking and scores",
+            what: "per mode: the means, latency, and every query's ranking and scores; \
+                   the CodeSearchNet-style figures of the dataset split, when given",
         },
         Output {
             file: "metrics.json",
-            what: "<mode>_p_at_1, <mode>_mrr, ... for every mode",
+            what: "<mode>_p_at_1, <mode>_mrr, ... for every mode (and csn_p_at_1, csn_mrr, ...)",
         },
     ],
     configure,
@@ -60,6 +73,15 @@ pub struct Params {
     pub fusion_depth: usize,
     #[serde(default = "default_query_tokens")]
     pub max_query_tokens: usize,
+    /// The split of the `dataset` input ranked CodeSearchNet-style.
+    #[serde(default = "default_csn_split")]
+    pub csn_split: String,
+    /// Distractors per query in that ranking (at most the split's other pairs).
+    #[serde(default = "default_csn_distractors")]
+    pub csn_distractors: usize,
+    /// At most this many of the split's pairs (in file order) are ranked.
+    #[serde(default = "default_csn_pairs")]
+    pub csn_max_pairs: usize,
     #[serde(flatten)]
     pub compute: ComputeParams,
 }
@@ -79,6 +101,15 @@ fn default_depth() -> usize {
 fn default_query_tokens() -> usize {
     32
 }
+fn default_csn_split() -> String {
+    "test".into()
+}
+fn default_csn_distractors() -> usize {
+    CsnOptions::default().distractors
+}
+fn default_csn_pairs() -> usize {
+    1000
+}
 
 struct EvalStage {
     params: Params,
@@ -90,6 +121,20 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
     let params: Params = super::decode(spec)?;
     if params.k == 0 {
         return Err(param_error(spec, &["k"], "`k` must be at least 1"));
+    }
+    if !["train", "eval", "test"].contains(&params.csn_split.as_str()) {
+        return Err(param_error(
+            spec,
+            &["csn_split"],
+            "`csn_split` must be \"train\", \"eval\" or \"test\"",
+        ));
+    }
+    if params.csn_max_pairs < 2 || params.csn_distractors == 0 {
+        return Err(param_error(
+            spec,
+            &["csn_max_pairs"],
+            "`csn_max_pairs` must be at least 2 and `csn_distractors` at least 1",
+        ));
     }
     if params.modes.is_empty() {
         return Err(param_error(spec, &["modes"], "`modes` is empty"));
@@ -133,7 +178,27 @@ impl Stage for EvalStage {
                 ..SearchOptions::default()
             },
         };
-        let needs_model = p.modes.iter().any(|m| *m != Mode::Bm25);
+        let dataset = ctx.inputs.optional("dataset");
+        let pairs = match dataset {
+            Some(input) => {
+                let path = input.file(PAIRS_FILE)?;
+                let mut pairs = read_pairs(&path, &p.csn_split)?;
+                if pairs.len() < 2 {
+                    bail!(
+                        "dataset stage `{}` has {} pairs in its {:?} split; the \
+                         CodeSearchNet-style ranking needs at least 2 (give the split a \
+                         share in the dataset's `split`, or set `csn_split`)",
+                        input.stage,
+                        pairs.len(),
+                        p.csn_split
+                    );
+                }
+                pairs.truncate(p.csn_max_pairs);
+                pairs
+            }
+            None => Vec::new(),
+        };
+        let needs_model = !pairs.is_empty() || p.modes.iter().any(|m| *m != Mode::Bm25);
         let report = {
             let _mlx = self.compute.enter()?;
             let embedder = if needs_model {
@@ -147,7 +212,21 @@ impl Stage for EvalStage {
                 None
             };
             let embedder = embedder.as_ref().map(|e| e as &dyn crate::search::Embedder);
-            evaluate(&index, &self.queries, embedder, &opts, ctx.cancel)?
+            let mut report = evaluate(&index, &self.queries, embedder, &opts, ctx.cancel)?;
+            if let (Some(input), Some(embedder)) = (dataset, embedder) {
+                let queries: Vec<&str> = pairs.iter().map(|x| x.query.as_str()).collect();
+                let codes: Vec<&str> = pairs.iter().map(|x| x.code.as_str()).collect();
+                let csn = CsnOptions {
+                    distractors: p.csn_distractors,
+                    ..CsnOptions::default()
+                };
+                report.csn = Some(CsnEval {
+                    dataset: input.stage.clone(),
+                    split: p.csn_split.clone(),
+                    report: evaluate_pairs(&queries, &codes, embedder, &csn, ctx.cancel)?,
+                });
+            }
+            report
         };
         let mut log = ctx.log.try_clone()?;
         let mut metrics = serde_json::Map::new();
@@ -173,6 +252,32 @@ impl Stage for EvalStage {
                 ("ndcg_at_10", s.ndcg_at_10),
             ] {
                 metrics.insert(format!("{name}_{metric}"), value.into());
+            }
+        }
+        if let Some(csn) = &report.csn {
+            let s = &csn.report.summary;
+            writeln!(
+                log,
+                "{:<16} P@1 {:.3}  MRR {:.3}  R@5 {:.3}  R@10 {:.3}  nDCG@10 {:.3}  ({} pairs of {}'s {} split, {} distractors each)",
+                "csn",
+                s.p_at_1,
+                s.mrr,
+                s.recall_at_5,
+                s.recall_at_10,
+                s.ndcg_at_10,
+                csn.report.pairs,
+                csn.dataset,
+                csn.split,
+                csn.report.distractors
+            )?;
+            for (metric, value) in [
+                ("p_at_1", s.p_at_1),
+                ("mrr", s.mrr),
+                ("recall_at_5", s.recall_at_5),
+                ("recall_at_10", s.recall_at_10),
+                ("ndcg_at_10", s.ndcg_at_10),
+            ] {
+                metrics.insert(format!("csn_{metric}"), value.into());
             }
         }
         std::fs::write(

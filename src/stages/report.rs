@@ -16,7 +16,7 @@ use crate::report::{line_svg, num, Markdown};
 
 pub const KIND: Kind = Kind {
     name: "report",
-    version: 1,
+    version: 2,
     summary: "render the study as markdown + SVG plots from the artifacts it needs",
     template: include_str!("../../stages/report.toml"),
     inputs: &[
@@ -227,6 +227,11 @@ fn eval_figures(evals: &[(&Input, Value)]) -> BTreeMap<String, f64> {
                 }
             }
         }
+        for metric in ["p_at_1", "mrr", "ndcg_at_10"] {
+            if let Some(v) = report["csn"]["summary"][metric].as_f64() {
+                out.insert(format!("{} csn {metric}", input.stage), v);
+            }
+        }
     }
     out
 }
@@ -273,6 +278,15 @@ impl ReportStage {
                     num(f(&s["mrr"]), 2),
                 ]);
             }
+            let csn = &report["csn"]["summary"];
+            if csn.is_object() {
+                rows.push(vec![
+                    input.stage.clone(),
+                    "csn".to_string(),
+                    num(f(&csn["p_at_1"]), 2),
+                    num(f(&csn["mrr"]), 2),
+                ]);
+            }
         }
         if rows.is_empty() {
             md.paragraph("No evaluation in this pipeline.");
@@ -286,6 +300,9 @@ impl ReportStage {
                 .iter()
                 .find(|(i, _)| i.stage == t.eval)
                 .and_then(|(_, r)| {
+                    if mode == "csn" {
+                        return r["csn"]["summary"][metric].as_f64();
+                    }
                     r["modes"]
                         .as_array()?
                         .iter()
@@ -533,6 +550,49 @@ fn eval_section(md: &mut Markdown, evals: &[(&Input, Value)]) {
             })
             .collect();
         md.table(&["mode", "P@1", "MRR", "R@5", "R@10", "nDCG@10"], &rows);
+    }
+    let csn: Vec<Vec<String>> = evals
+        .iter()
+        .filter(|(_, report)| report["csn"].is_object())
+        .map(|(input, report)| {
+            let c = &report["csn"];
+            let s = &c["summary"];
+            vec![
+                format!("`{}`", input.stage),
+                format!(
+                    "{} pairs of `{}`'s {} split",
+                    c["pairs"],
+                    c["dataset"].as_str().unwrap_or_default(),
+                    c["split"].as_str().unwrap_or_default()
+                ),
+                c["distractors"].to_string(),
+                num(f(&s["p_at_1"]), 3),
+                num(f(&s["mrr"]), 3),
+                num(f(&s["recall_at_5"]), 3),
+                num(f(&s["recall_at_10"]), 3),
+                num(f(&s["ndcg_at_10"]), 3),
+            ]
+        })
+        .collect();
+    if !csn.is_empty() {
+        md.paragraph(
+            "CodeSearchNet-style (the `csn` rows of the summary): each held-out pair's \
+             query ranked against its own code and sampled distractors, exact MaxSim \
+             with the index's model.",
+        );
+        md.table(
+            &[
+                "eval",
+                "pairs",
+                "distractors",
+                "P@1",
+                "MRR",
+                "R@5",
+                "R@10",
+                "nDCG@10",
+            ],
+            &csn,
+        );
     }
 }
 
