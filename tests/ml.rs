@@ -39,33 +39,17 @@ fn bench_train_step_runs_the_lora_step_on_a_tiny_model() {
             2 * 2 * (16 * 32 + 32 * 16),
             "{model}"
         );
-        assert_avx512_blas_where_the_cpu_has_it(&report);
+        assert_blas_named(&report);
     }
 }
 
-/// On a CPU with AVX-512 the binary runs OpenBLAS's AVX-512 GEMM kernels, also
-/// where OpenBLAS itself fell back to AVX2 ones (an OpenBLAS older than the CPU).
-fn assert_avx512_blas_where_the_cpu_has_it(report: &serde_json::Value) {
+/// The report names OpenBLAS's kernel set (Linux builds link OpenBLAS).
+fn assert_blas_named(report: &serde_json::Value) {
     let blas = report["blas"].as_str().unwrap_or_default();
-    #[cfg(target_arch = "x86_64")]
-    {
-        let avx512 = ["avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl"];
-        let has = |f: &str| match f {
-            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
-            "avx512dq" => std::arch::is_x86_feature_detected!("avx512dq"),
-            "avx512cd" => std::arch::is_x86_feature_detected!("avx512cd"),
-            "avx512bw" => std::arch::is_x86_feature_detected!("avx512bw"),
-            _ => std::arch::is_x86_feature_detected!("avx512vl"),
-        };
-        if avx512.iter().all(|f| has(f)) && std::env::var_os("OPENBLAS_CORETYPE").is_none() {
-            assert!(
-                ["SkylakeX", "Cooperlake", "SapphireRapids"].contains(&blas),
-                "an AVX-512 CPU should run AVX-512 GEMM kernels, got {blas:?}"
-            );
-        }
-    }
     #[cfg(target_os = "linux")]
-    assert!(!blas.is_empty(), "Linux builds link OpenBLAS: {report}");
+    assert!(!blas.is_empty(), "no OpenBLAS kernel set named: {report}");
+    #[cfg(not(target_os = "linux"))]
+    let _ = blas;
 }
 
 #[test]

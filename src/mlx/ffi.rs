@@ -241,10 +241,7 @@ pub(crate) mod sys {
 
         // BLAS threads (call before any MLX work; see shim.cc)
         fn set_blas_thread_timeout(exponent: i32) -> bool;
-        // BLAS kernels (call before any MLX work; see shim.cc)
         fn blas_core() -> String;
-        fn cpu_has_avx512() -> bool;
-        fn set_blas_core(core: &str) -> bool;
 
         // diagnostics
         fn blas_sgemm_library() -> Result<String>;

@@ -38,27 +38,12 @@ pub fn blas_sgemm_library() -> Result<String> {
 }
 
 /// The kernel set OpenBLAS dispatches to (`Haswell`, `SkylakeX`, ...; empty
-/// when the BLAS is not OpenBLAS).
+/// when the BLAS is not OpenBLAS). OpenBLAS picks it by CPUID at load, or
+/// takes it from `OPENBLAS_CORETYPE`; xtr-pipe leaves that choice alone (an
+/// OpenBLAS older than the CPU can compute wrong results with the kernels of
+/// a newer family, which is why some machines pin it).
 pub fn blas_core() -> String {
     ffi::sys::blas_core()
-}
-
-/// Moves OpenBLAS to its AVX-512 GEMM kernels (`SkylakeX`) where it fell back
-/// to AVX2 ones (`Haswell`, `Zen`) on a CPU that has AVX-512: OpenBLAS builds
-/// older than the CPU do (Debian 12's 0.3.21 on AMD Zen 4/5), and the AVX-512
-/// kernels run the train step's GEMMs ~1.9x faster there. Call once at
-/// start-up, before any MLX work. A user's own `OPENBLAS_CORETYPE` wins.
-/// Returns the kernel set switched to, if any.
-pub fn fit_blas_to_cpu() -> Option<String> {
-    if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
-        return None;
-    }
-    let core = blas_core();
-    let avx2_only = matches!(core.to_ascii_lowercase().as_str(), "haswell" | "zen");
-    if !avx2_only || !ffi::sys::cpu_has_avx512() || !ffi::sys::set_blas_core("SkylakeX") {
-        return None;
-    }
-    Some(blas_core())
 }
 
 /// Makes OpenBLAS's idle threads sleep right after each call instead of

@@ -384,43 +384,12 @@ bool set_blas_thread_timeout(int32_t exponent) {
   return true;
 }
 
-// OpenBLAS (a DYNAMIC_ARCH build) picks its kernels by CPUID when it loads.
-// Builds older than the CPU fall back to an older family's kernels: Debian
-// 12's 0.3.21 runs AVX2 ("Haswell") kernels on AMD Zen 4/5, whose AVX-512
-// GEMM kernels ("SkylakeX") are ~1.9x faster there. These read and switch the
-// kernel set through OpenBLAS's own entry points: it re-reads
-// OPENBLAS_CORETYPE when its dispatch table is initialised again. Empty /
-// false where the entry points are missing (another BLAS).
+// The name of OpenBLAS's kernel set (empty for another BLAS).
 rust::String blas_core() {
   using Fn = char *(*)();
   auto name = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
   const char *n = name ? name() : nullptr;
   return rust::String(n ? n : "");
-}
-
-bool cpu_has_avx512() {
-#if defined(__x86_64__)
-  __builtin_cpu_init();
-  // What OpenBLAS's SkylakeX kernels use; libgcc also checks that the OS
-  // saves the AVX-512 registers.
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-         __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl");
-#else
-  return false;
-#endif
-}
-
-bool set_blas_core(rust::Str core) {
-  using VoidFn = void (*)();
-  auto quit = reinterpret_cast<VoidFn>(dlsym(RTLD_DEFAULT, "gotoblas_dynamic_quit"));
-  auto init = reinterpret_cast<VoidFn>(dlsym(RTLD_DEFAULT, "gotoblas_dynamic_init"));
-  if (!quit || !init) return false;
-  std::string value(core);
-  if (setenv("OPENBLAS_CORETYPE", value.c_str(), 1) != 0) return false;
-  quit();
-  init();
-  return true;
 }
 
 // The device's properties as "key=value" lines (numbers in decimal).

@@ -195,8 +195,6 @@ void synchronize();
 // ---- BLAS threads ----
 bool set_blas_thread_timeout(int32_t exponent);
 rust::String blas_core();
-bool cpu_has_avx512();
-bool set_blas_core(rust::Str core);
 
 // ---- diagnostics ----
 rust::String blas_sgemm_library();

@@ -120,7 +120,7 @@ pub struct BenchReport {
     /// Model FLOPs utilisation: `step_flops / step_seconds / gemm_peak_flops`.
     pub mfu: f64,
     /// OpenBLAS's kernel set for the CPU's GEMMs (`SkylakeX`, `Haswell`, ...;
-    /// empty for another BLAS): see [`crate::mlx::fit_blas_to_cpu`].
+    /// empty for another BLAS): see [`crate::mlx::blas_core`].
     pub blas: String,
     pub final_loss: f32,
 }
