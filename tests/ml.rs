@@ -39,7 +39,17 @@ fn bench_train_step_runs_the_lora_step_on_a_tiny_model() {
             2 * 2 * (16 * 32 + 32 * 16),
             "{model}"
         );
+        assert_blas_named(&report);
     }
+}
+
+/// The report names OpenBLAS's kernel set (Linux builds link OpenBLAS).
+fn assert_blas_named(report: &serde_json::Value) {
+    let blas = report["blas"].as_str().unwrap_or_default();
+    #[cfg(target_os = "linux")]
+    assert!(!blas.is_empty(), "no OpenBLAS kernel set named: {report}");
+    #[cfg(not(target_os = "linux"))]
+    let _ = blas;
 }
 
 #[test]

@@ -174,6 +174,14 @@ pub(crate) mod sys {
         // xtr-pipe's CPU primitives (src/mlx/cpu/primitives.cc)
         fn xtr_gelu(x: &MxArray, tanh_form: bool) -> Result<UniquePtr<MxArray>>;
         fn xtr_softmax(x: &MxArray) -> Result<UniquePtr<MxArray>>;
+        fn xtr_softmax_bias(x: &MxArray, bias: &MxArray) -> Result<UniquePtr<MxArray>>;
+        fn xtr_layer_norm(
+            x: &MxArray,
+            weight: &MxArray,
+            bias: &MxArray,
+            eps: f32,
+        ) -> Result<UniquePtr<MxArray>>;
+        fn xtr_rms_norm(x: &MxArray, weight: &MxArray, eps: f32) -> Result<UniquePtr<MxArray>>;
         fn xtr_dropout(x: &MxArray, key: &MxArray, rate: f32) -> Result<UniquePtr<MxArray>>;
         fn xtr_dropout_hash(seed: u64, index: u64) -> u32;
         fn xtr_attention_scores(
@@ -233,6 +241,7 @@ pub(crate) mod sys {
 
         // BLAS threads (call before any MLX work; see shim.cc)
         fn set_blas_thread_timeout(exponent: i32) -> bool;
+        fn blas_core() -> String;
 
         // diagnostics
         fn blas_sgemm_library() -> Result<String>;

@@ -1,7 +1,8 @@
 //! xtr-pipe's own kernels, as MLX graph nodes with their gradients.
 //!
-//! On the CPU (`src/mlx/cpu/`): GELU in both forms, last-axis softmax,
-//! dropout and per-head attention products. MLX's CPU backend runs
+//! On the CPU (`src/mlx/cpu/`): GELU in both forms, last-axis softmax (with
+//! an attention bias folded in or not), layer norm and RMS norm, dropout and
+//! per-head attention products. MLX's CPU backend runs
 //! element-wise math one scalar at a time on one thread; these kernels use
 //! SLEEF's vector math (AVX-512, AVX2, or a portable scalar build, picked per
 //! CPU at run time) across all cores. They exist only for f32 on the CPU:
@@ -157,6 +158,26 @@ pub fn gelu(x: &Array, tanh_form: bool) -> Result<Array> {
 /// Softmax over the last axis. f32 on the CPU only.
 pub fn softmax_last(x: &Array) -> Result<Array> {
     Array::wrap(sys::xtr_softmax(x.raw()))
+}
+
+/// `softmax(x + bias)` over the last axis in one pass: `bias` has `x`'s rank
+/// and last axis, and its other axes are 1 (broadcast, as an attention mask's
+/// `[B, 1, 1, T]`) or `x`'s. f32 on the CPU only.
+pub fn softmax_last_bias(x: &Array, bias: &Array) -> Result<Array> {
+    Array::wrap(sys::xtr_softmax_bias(x.raw(), bias.raw()))
+}
+
+/// Layer norm over the last axis, `(x - mean) / sqrt(var + eps) * weight + bias`
+/// (biased variance, as PyTorch's), forward and gradient each one pass per row.
+/// f32 on the CPU only.
+pub fn layer_norm(x: &Array, weight: &Array, bias: &Array, eps: f32) -> Result<Array> {
+    Array::wrap(sys::xtr_layer_norm(x.raw(), weight.raw(), bias.raw(), eps))
+}
+
+/// RMS norm over the last axis, `x / sqrt(mean(x²) + eps) * weight`, forward
+/// and gradient each one pass per row. f32 on the CPU only.
+pub fn rms_norm(x: &Array, weight: &Array, eps: f32) -> Result<Array> {
+    Array::wrap(sys::xtr_rms_norm(x.raw(), weight.raw(), eps))
 }
 
 /// Inverted dropout: each element kept with probability `1 - rate` and scaled

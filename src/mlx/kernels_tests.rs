@@ -636,3 +636,159 @@ fn gpu_fused_dropouts_refuse_mismatched_operands() -> Result<()> {
     assert!(err.to_string().contains("rate"), "{err}");
     Ok(())
 }
+
+/// `(value, gradients)` of `sum(f(p) * g)` for every input in `p`.
+fn weighted_grads(
+    f: &dyn Fn(&[Array]) -> Result<Array>,
+    p: &[Array],
+    g: &Array,
+) -> Result<(Vec<f32>, Vec<Vec<f32>>)> {
+    let y = vals(&f(p)?);
+    let (_, grads) = value_and_grad(
+        |p: &[Array]| Ok(vec![ops::sum(f(p)?.multiply(g)?, false)?]),
+        p,
+    )?;
+    Ok((y, grads.iter().map(vals).collect()))
+}
+
+#[test]
+fn norms_and_their_gradients_match_mlx_on_every_isa() -> Result<()> {
+    use crate::mlx::fast;
+    let _guard = ISA.lock().unwrap_or_else(|e| e.into_inner());
+    let key = random::key(11)?;
+    for len in [1, 7, 16, 33, 384] {
+        let shape = [3, 5, len];
+        // An offset of 3 and a spread of 2: the mean must be taken out before
+        // squaring, as a one-pass E[x²] - E[x]² would lose digits to.
+        let x = random::normal::<f32>(&shape, Some(3.0), Some(2.0), &key)?;
+        let (kw, kb) = random::split2(&random::key(len as u64)?)?;
+        let w = random::normal::<f32>(&[len], Some(1.0), Some(0.3), &kw)?;
+        let b = random::normal::<f32>(&[len], None, Some(0.3), &kb)?;
+        let g = random::normal::<f32>(&shape, None, None, &kb)?;
+        let inputs = [x.clone(), w.clone(), b.clone()];
+        let xs = vals(&x);
+        let mlx_ln = |p: &[Array]| fast::layer_norm(&p[0], Some(&p[1]), Some(&p[2]), 1e-12);
+        let ours_ln = |p: &[Array]| layer_norm(&p[0], &p[1], &p[2], 1e-12);
+        let mlx_rms = |p: &[Array]| fast::rms_norm(&p[0], &p[1], 1e-6);
+        let ours_rms = |p: &[Array]| rms_norm(&p[0], &p[1], 1e-6);
+        let (want_ln, want_ln_grads) = weighted_grads(&mlx_ln, &inputs, &g)?;
+        let (want_rms, want_rms_grads) = weighted_grads(&mlx_rms, &inputs[..2], &g)?;
+        for isa in isas() {
+            set_isa(isa)?;
+            let (got, grads) = weighted_grads(&ours_ln, &inputs, &g)?;
+            assert_close(
+                &got,
+                &want_ln,
+                &xs,
+                1e-5,
+                1e-5,
+                &format!("layer norm {len} [{isa}]"),
+            );
+            for (i, what) in ["x", "weight", "bias"].iter().enumerate() {
+                // A row of one element normalises to 0 whatever x is: both
+                // sides' dx is rounding noise around 0.
+                let abs = if len == 1 { 1e-2 } else { 1e-4 };
+                assert_close(
+                    &grads[i],
+                    &want_ln_grads[i],
+                    &xs,
+                    1e-4,
+                    abs,
+                    &format!("layer norm d{what} {len} [{isa}]"),
+                );
+            }
+            let (got, grads) = weighted_grads(&ours_rms, &inputs[..2], &g)?;
+            assert_close(
+                &got,
+                &want_rms,
+                &xs,
+                1e-5,
+                1e-5,
+                &format!("RMS norm {len} [{isa}]"),
+            );
+            for (i, what) in ["x", "weight"].iter().enumerate() {
+                assert_close(
+                    &grads[i],
+                    &want_rms_grads[i],
+                    &xs,
+                    1e-4,
+                    1e-5,
+                    &format!("RMS norm d{what} {len} [{isa}]"),
+                );
+            }
+        }
+    }
+    set_isa("auto")?;
+    Ok(())
+}
+
+#[test]
+fn softmax_with_a_broadcast_bias_matches_add_then_softmax() -> Result<()> {
+    let _guard = ISA.lock().unwrap_or_else(|e| e.into_inner());
+    let key = random::key(5)?;
+    for len in [7, 128] {
+        let shape = [2, 3, 4, len];
+        let x = random::normal::<f32>(&shape, None, Some(3.0), &key)?;
+        let xs = vals(&x);
+        let g = random::normal::<f32>(&shape, None, None, &random::key(len as u64)?)?;
+        // A padding mask per batch row (the last two keys of the second
+        // sequence masked), a per-head bias, and a full one (T5's).
+        let mask: Vec<f32> = (0..2 * len)
+            .map(|i| if i >= 2 * len - 2 { -1e9 } else { 0.0 })
+            .collect();
+        let biases = [
+            Array::from_slice(&mask, &[2, 1, 1, len])?,
+            random::normal::<f32>(&[1, 3, 1, len], None, None, &random::key(1)?)?,
+            random::normal::<f32>(&shape, None, None, &random::key(2)?)?,
+        ];
+        for bias in &biases {
+            let inputs = [x.clone(), bias.clone()];
+            let mlx_f = |p: &[Array]| ops::softmax_axis(p[0].add(&p[1])?, -1, true);
+            let ours = |p: &[Array]| softmax_last_bias(&p[0], &p[1]);
+            let (want, want_grads) = weighted_grads(&mlx_f, &inputs, &g)?;
+            let what = format!("softmax + bias {:?}", bias.shape());
+            for isa in isas() {
+                set_isa(isa)?;
+                let (got, grads) = weighted_grads(&ours, &inputs, &g)?;
+                assert_close(&got, &want, &xs, 1e-6, 1e-7, &format!("{what} [{isa}]"));
+                assert_close(
+                    &grads[0],
+                    &want_grads[0],
+                    &xs,
+                    1e-5,
+                    1e-6,
+                    &format!("{what} dx"),
+                );
+                assert_close(
+                    &grads[1],
+                    &want_grads[1],
+                    &xs,
+                    1e-5,
+                    1e-5,
+                    &format!("{what} db"),
+                );
+            }
+        }
+    }
+    set_isa("auto")?;
+    Ok(())
+}
+
+#[test]
+fn norms_and_biased_softmax_refuse_mismatched_shapes() -> Result<()> {
+    let x = Array::ones::<f32>(&[2, 3, 8])?;
+    let err = layer_norm(
+        &x,
+        &Array::ones::<f32>(&[7])?,
+        &Array::ones::<f32>(&[8])?,
+        1e-5,
+    )
+    .expect_err("weight of the wrong length");
+    assert!(err.to_string().contains("weight [7]"), "{err}");
+    let err = rms_norm(&x, &Array::ones::<f32>(&[2, 8])?, 1e-5).expect_err("2-D weight");
+    assert!(err.to_string().contains("last axis"), "{err}");
+    let err = softmax_last_bias(&x, &Array::ones::<f32>(&[2, 2, 8])?)
+        .expect_err("bias axis neither 1 nor equal");
+    assert!(err.to_string().contains("does not broadcast"), "{err}");
+    Ok(())
+}

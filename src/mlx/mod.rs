@@ -37,6 +37,15 @@ pub fn blas_sgemm_library() -> Result<String> {
     Ok(ffi::sys::blas_sgemm_library()?)
 }
 
+/// The kernel set OpenBLAS dispatches to (`Haswell`, `SkylakeX`, ...; empty
+/// when the BLAS is not OpenBLAS). OpenBLAS picks it by CPUID at load, or
+/// takes it from `OPENBLAS_CORETYPE`; xtr-pipe leaves that choice alone (an
+/// OpenBLAS older than the CPU can compute wrong results with the kernels of
+/// a newer family, which is why some machines pin it).
+pub fn blas_core() -> String {
+    ffi::sys::blas_core()
+}
+
 /// Makes OpenBLAS's idle threads sleep right after each call instead of
 /// spinning for ~0.1 s on a core that our kernels and MLX's stream thread need
 /// (worth ~7% of a CPU train step on two cores). Call once at start-up, before

@@ -384,6 +384,14 @@ bool set_blas_thread_timeout(int32_t exponent) {
   return true;
 }
 
+// The name of OpenBLAS's kernel set (empty for another BLAS).
+rust::String blas_core() {
+  using Fn = char *(*)();
+  auto name = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  const char *n = name ? name() : nullptr;
+  return rust::String(n ? n : "");
+}
+
 // The device's properties as "key=value" lines (numbers in decimal).
 rust::Vec<rust::String> device_info(int32_t kind) {
   mx::Device d = kind == 1 ? mx::Device(mx::Device::gpu, 0) : mx::Device(mx::Device::cpu, 0);

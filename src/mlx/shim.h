@@ -159,6 +159,9 @@ ArrayPtr scaled_dot_product_attention(const array &q, const array &k, const arra
 // ---- xtr-pipe's CPU primitives (src/mlx/cpu/primitives.cc) ----
 ArrayPtr xtr_gelu(const array &x, bool tanh_form);
 ArrayPtr xtr_softmax(const array &x);
+ArrayPtr xtr_softmax_bias(const array &x, const array &bias);
+ArrayPtr xtr_layer_norm(const array &x, const array &weight, const array &bias, float eps);
+ArrayPtr xtr_rms_norm(const array &x, const array &weight, float eps);
 ArrayPtr xtr_dropout(const array &x, const array &key, float rate);
 uint32_t xtr_dropout_hash(uint64_t seed, uint64_t index);
 ArrayPtr xtr_attention_scores(const array &q, const array &k, int32_t heads, float scale);
@@ -191,6 +194,7 @@ void synchronize();
 
 // ---- BLAS threads ----
 bool set_blas_thread_timeout(int32_t exponent);
+rust::String blas_core();
 
 // ---- diagnostics ----
 rust::String blas_sgemm_library();

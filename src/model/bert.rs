@@ -5,10 +5,9 @@
 use anyhow::{bail, Result};
 use serde::Deserialize;
 
-use super::layers::{mask_bias, multi_head_attention, Activation, Ctx, Linear};
+use super::layers::{layer_norm, mask_bias, multi_head_attention, Activation, Ctx, Linear};
 use super::lora::{LinearLayer, LoraTarget};
 use super::weights::Weights;
-use crate::mlx::fast::layer_norm;
 use crate::mlx::{ops, Array};
 
 /// The fields of an HF BERT `config.json` the encoder needs.
@@ -76,7 +75,7 @@ impl Norm {
     }
 
     fn forward(&self, x: &Array, eps: f32) -> Result<Array> {
-        Ok(layer_norm(x, Some(&self.weight), Some(&self.bias), eps)?)
+        layer_norm(x, &self.weight, &self.bias, eps)
     }
 }
 

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 
 use anyhow::{bail, Context, Result};
 
-use crate::mlx::fast::{scaled_dot_product_attention, ScaledDotProductAttentionMask};
+use crate::mlx::fast::{self, scaled_dot_product_attention, ScaledDotProductAttentionMask};
 use crate::mlx::{kernels, ops, random, Array, Dtype};
 
 /// The large negative number added to attention scores at masked keys
@@ -130,6 +130,25 @@ impl Activation {
     }
 }
 
+/// Layer norm over the last axis with affine `weight` and `bias`: our fused
+/// CPU kernel for f32 on the CPU (MLX composes it from reductions there),
+/// MLX's fused op elsewhere.
+pub fn layer_norm(x: &Array, weight: &Array, bias: &Array, eps: f32) -> Result<Array> {
+    if kernels::applies(x) {
+        return Ok(kernels::layer_norm(x, weight, bias, eps)?);
+    }
+    Ok(fast::layer_norm(x, Some(weight), Some(bias), eps)?)
+}
+
+/// RMS norm over the last axis, scaled by `weight`: our fused CPU kernel for
+/// f32 on the CPU, MLX's fused op elsewhere.
+pub fn rms_norm(x: &Array, weight: &Array, eps: f32) -> Result<Array> {
+    if kernels::applies(x) {
+        return Ok(kernels::rms_norm(x, weight, eps)?);
+    }
+    Ok(fast::rms_norm(x, weight, eps)?)
+}
+
 /// A scalar of the given float dtype (keeps half-precision graphs half).
 pub fn scalar(v: f32, dtype: Dtype) -> Result<Array> {
     Ok(Array::from_f32(v).as_dtype(dtype)?)
@@ -229,11 +248,17 @@ impl Ctx {
         self.dropout(&hidden, rate)
     }
 
-    /// Attention probabilities: softmax over the last axis of `scores`, then
-    /// dropout `rate` when training. On the GPU one fused kernel does both
-    /// (and draws the mask [`Ctx::dropout`] would), on the CPU our softmax
-    /// kernel runs for f32.
-    pub fn attention_probs(&self, scores: &Array, rate: f32) -> Result<Array> {
+    /// Attention probabilities: softmax over the last axis of `scores + bias`,
+    /// then dropout `rate` when training. On the GPU one fused kernel does the
+    /// softmax and dropout (and draws the mask [`Ctx::dropout`] would); on
+    /// the CPU our softmax kernel adds the bias in its pass, for f32.
+    pub fn attention_probs(&self, scores: &Array, bias: &Array, rate: f32) -> Result<Array> {
+        if kernels::applies(scores) && bias.ndim() == scores.ndim() {
+            let probs = kernels::softmax_last_bias(scores, bias)?;
+            return self.dropout(&probs, rate);
+        }
+        let scores = scores.add(bias)?;
+        let scores = &scores;
         if self.fused_gpu_dropout(scores, rate)
             && scores
                 .dim(-1)
@@ -297,8 +322,8 @@ pub fn multi_head_attention(
     rate: f32,
 ) -> Result<Array> {
     if kernels::applies(q) {
-        let scores = kernels::attention_scores(q, k, heads, scale)?.add(bias)?;
-        let probs = ctx.attention_probs(&scores, rate)?;
+        let scores = kernels::attention_scores(q, k, heads, scale)?;
+        let probs = ctx.attention_probs(&scores, bias, rate)?;
         return kernels::attention_values(&probs, v, heads).context("attention");
     }
     let (q, k, v) = (
@@ -339,6 +364,6 @@ pub fn attention(
     } else {
         scores
     };
-    let probs = ctx.attention_probs(&scores.add(bias)?, rate)?;
+    let probs = ctx.attention_probs(&scores, bias, rate)?;
     Ok(ops::matmul(probs, v)?)
 }

@@ -6,10 +6,9 @@
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-use super::layers::{mask_bias, multi_head_attention, Activation, Ctx, Linear};
+use super::layers::{mask_bias, multi_head_attention, rms_norm, Activation, Ctx, Linear};
 use super::lora::{LinearLayer, LoraTarget};
 use super::weights::Weights;
-use crate::mlx::fast::rms_norm;
 use crate::mlx::Array;
 
 /// The fields of an HF T5 `config.json` the encoder needs.

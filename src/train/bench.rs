@@ -119,6 +119,9 @@ pub struct BenchReport {
     pub gemm_peak_flops: f64,
     /// Model FLOPs utilisation: `step_flops / step_seconds / gemm_peak_flops`.
     pub mfu: f64,
+    /// OpenBLAS's kernel set for the CPU's GEMMs (`SkylakeX`, `Haswell`, ...;
+    /// empty for another BLAS): see [`crate::mlx::blas_core`].
+    pub blas: String,
     pub final_loss: f32,
 }
 
@@ -402,6 +405,7 @@ pub fn run_until(
         step_flops,
         gemm_peak_flops,
         mfu: mfu(step_flops, median, gemm_peak_flops),
+        blas: crate::mlx::blas_core(),
         final_loss: loss,
     })
 }

@@ -32,6 +32,22 @@ struct Kernels {
   void (*softmax)(const float *x, float *y, size_t rows, size_t len);
   void (*softmax_vjp)(const float *y, const float *g, float *dx, size_t rows,
                       size_t len);
+  // Softmax of each row plus `bias` (one row of `len`, added to every row).
+  void (*softmax_bias)(const float *x, const float *bias, float *y, size_t rows,
+                       size_t len);
+  // Layer norm of each row, y = (x - mean) / sqrt(var + eps) * w + b (the
+  // biased variance), and its VJP for x from the cotangent g:
+  // dx = rstd (gw - mean(gw) - xhat mean(gw xhat)), gw = g w.
+  void (*layer_norm)(const float *x, const float *w, const float *b, float *y, size_t rows,
+                     size_t len, float eps);
+  void (*layer_norm_vjp)(const float *x, const float *w, const float *g, float *dx,
+                         size_t rows, size_t len, float eps);
+  // RMS norm of each row, y = x / sqrt(mean(x^2) + eps) * w, and its VJP for
+  // x: dx = r (gw - x r^2 mean(gw x)), r = 1 / sqrt(mean(x^2) + eps).
+  void (*rms_norm)(const float *x, const float *w, float *y, size_t rows, size_t len,
+                   float eps);
+  void (*rms_norm_vjp)(const float *x, const float *w, const float *g, float *dx,
+                       size_t rows, size_t len, float eps);
   // Inverted dropout: y[i] = keep(offset + i) ? x[i] * scale : 0, where
   // keep(j) = hash(seed, j) >= threshold (drop probability threshold / 2^32).
   void (*dropout)(const float *x, float *y, size_t n, uint64_t offset,

@@ -142,32 +142,184 @@ void gelu_tanh_vjp(const float *x, const float *g, float *dx, size_t n) {
   });
 }
 
-void softmax(const float *x, float *y, size_t rows, size_t len) {
+// Softmax of each row of x (plus the row `bias` when kBias).
+template <bool kBias>
+inline void softmax_rows(const float *x, const float *bias, float *y, size_t rows,
+                         size_t len) {
   const float ninf = -std::numeric_limits<float>::infinity();
   const size_t full = len - len % W, rest = len - full;
+  auto in = [&](const float *xr, size_t i) {
+    return kBias ? load(xr + i) + load(bias + i) : load(xr + i);
+  };
+  auto in_part = [&](const float *xr) {
+    return kBias ? load_part(xr + full, rest, ninf) + load_part(bias + full, rest, 0.0f)
+                 : load_part(xr + full, rest, ninf);
+  };
   for (size_t r = 0; r < rows; ++r) {
     const float *xr = x + r * len;
     float *yr = y + r * len;
     vf m = splat(ninf);
-    for (size_t i = 0; i < full; i += W) m = vmax(m, load(xr + i));
-    if (rest) m = vmax(m, load_part(xr + full, rest, ninf));
+    for (size_t i = 0; i < full; i += W) m = vmax(m, in(xr, i));
+    if (rest) m = vmax(m, in_part(xr));
     float mx = hmax(m);
     // A row of -inf (or NaN) propagates NaN, as exp(x - max) does elsewhere.
     vf mv = splat(mx);
     vf s = splat(0.0f);
     for (size_t i = 0; i < full; i += W) {
-      vf e = v_exp(load(xr + i) - mv);
+      vf e = v_exp(in(xr, i) - mv);
       s += e;
       store(yr + i, e);
     }
     if (rest) {
-      vf e = v_exp(load_part(xr + full, rest, ninf) - mv);
+      vf e = v_exp(in_part(xr) - mv);
       s += e;
       store_part(yr + full, e, rest);
     }
     vf inv = splat(1.0f / hsum(s));
     for (size_t i = 0; i < full; i += W) store(yr + i, load(yr + i) * inv);
     if (rest) store_part(yr + full, load_part(yr + full, rest, 0.0f) * inv, rest);
+  }
+}
+
+void softmax(const float *x, float *y, size_t rows, size_t len) {
+  softmax_rows<false>(x, nullptr, y, rows, len);
+}
+
+void softmax_bias(const float *x, const float *bias, float *y, size_t rows, size_t len) {
+  softmax_rows<true>(x, bias, y, rows, len);
+}
+
+// The sum of row[0, len), in vector lanes then across them.
+inline float row_sum(const float *p, size_t len) {
+  const size_t full = len - len % W;
+  vf s = splat(0.0f);
+  for (size_t i = 0; i < full; i += W) s += load(p + i);
+  if (full < len) s += load_part(p + full, len - full, 0.0f);
+  return hsum(s);
+}
+
+// The mean and 1/sqrt(var + eps) of a row (two passes: no cancellation).
+inline void row_moments(const float *xr, size_t len, float eps, float *mean, float *rstd) {
+  const size_t full = len - len % W;
+  const float mu = row_sum(xr, len) / static_cast<float>(len);
+  const vf mv = splat(mu);
+  vf q = splat(0.0f);
+  for (size_t i = 0; i < full; i += W) {
+    vf d = load(xr + i) - mv;
+    q += d * d;
+  }
+  if (full < len) {
+    vf d = load_part(xr + full, len - full, mu) - mv;
+    q += d * d;
+  }
+  *mean = mu;
+  *rstd = 1.0f / std::sqrt(hsum(q) / static_cast<float>(len) + eps);
+}
+
+void layer_norm(const float *x, const float *w, const float *b, float *y, size_t rows,
+                size_t len, float eps) {
+  const size_t full = len - len % W, rest = len - full;
+  for (size_t r = 0; r < rows; ++r) {
+    const float *xr = x + r * len;
+    float *yr = y + r * len;
+    float mu, rs;
+    row_moments(xr, len, eps, &mu, &rs);
+    const vf mv = splat(mu), rv = splat(rs);
+    for (size_t i = 0; i < full; i += W)
+      store(yr + i, (load(xr + i) - mv) * rv * load(w + i) + load(b + i));
+    if (rest)
+      store_part(yr + full,
+                 (load_part(xr + full, rest, 0.0f) - mv) * rv * load_part(w + full, rest, 0.0f) +
+                     load_part(b + full, rest, 0.0f),
+                 rest);
+  }
+}
+
+void layer_norm_vjp(const float *x, const float *w, const float *g, float *dx, size_t rows,
+                    size_t len, float eps) {
+  const size_t full = len - len % W, rest = len - full;
+  const float inv_n = 1.0f / static_cast<float>(len);
+  for (size_t r = 0; r < rows; ++r) {
+    const float *xr = x + r * len, *gr = g + r * len;
+    float *dr = dx + r * len;
+    float mu, rs;
+    row_moments(xr, len, eps, &mu, &rs);
+    const vf mv = splat(mu), rv = splat(rs);
+    // Tail lanes load 0 for g, so they add nothing to either sum.
+    vf sa = splat(0.0f), sc = splat(0.0f);
+    for (size_t i = 0; i < full; i += W) {
+      vf gw = load(gr + i) * load(w + i);
+      sa += gw;
+      sc += gw * ((load(xr + i) - mv) * rv);
+    }
+    if (rest) {
+      vf gw = load_part(gr + full, rest, 0.0f) * load_part(w + full, rest, 0.0f);
+      sa += gw;
+      sc += gw * ((load_part(xr + full, rest, 0.0f) - mv) * rv);
+    }
+    const vf ma = splat(hsum(sa) * inv_n), mc = splat(hsum(sc) * inv_n);
+    for (size_t i = 0; i < full; i += W) {
+      vf gw = load(gr + i) * load(w + i);
+      vf xh = (load(xr + i) - mv) * rv;
+      store(dr + i, rv * (gw - ma - xh * mc));
+    }
+    if (rest) {
+      vf gw = load_part(gr + full, rest, 0.0f) * load_part(w + full, rest, 0.0f);
+      vf xh = (load_part(xr + full, rest, 0.0f) - mv) * rv;
+      store_part(dr + full, rv * (gw - ma - xh * mc), rest);
+    }
+  }
+}
+
+// 1/sqrt(mean(x^2) + eps) of a row.
+inline float row_rms_inv(const float *xr, size_t len, float eps) {
+  const size_t full = len - len % W;
+  vf q = splat(0.0f);
+  for (size_t i = 0; i < full; i += W) {
+    vf v = load(xr + i);
+    q += v * v;
+  }
+  if (full < len) {
+    vf v = load_part(xr + full, len - full, 0.0f);
+    q += v * v;
+  }
+  return 1.0f / std::sqrt(hsum(q) / static_cast<float>(len) + eps);
+}
+
+void rms_norm(const float *x, const float *w, float *y, size_t rows, size_t len, float eps) {
+  const size_t full = len - len % W, rest = len - full;
+  for (size_t r = 0; r < rows; ++r) {
+    const float *xr = x + r * len;
+    float *yr = y + r * len;
+    const vf rv = splat(row_rms_inv(xr, len, eps));
+    for (size_t i = 0; i < full; i += W) store(yr + i, load(xr + i) * rv * load(w + i));
+    if (rest)
+      store_part(yr + full,
+                 load_part(xr + full, rest, 0.0f) * rv * load_part(w + full, rest, 0.0f), rest);
+  }
+}
+
+void rms_norm_vjp(const float *x, const float *w, const float *g, float *dx, size_t rows,
+                  size_t len, float eps) {
+  const size_t full = len - len % W, rest = len - full;
+  const float inv_n = 1.0f / static_cast<float>(len);
+  for (size_t r = 0; r < rows; ++r) {
+    const float *xr = x + r * len, *gr = g + r * len;
+    float *dr = dx + r * len;
+    const float rs = row_rms_inv(xr, len, eps);
+    vf sc = splat(0.0f);
+    for (size_t i = 0; i < full; i += W) sc += load(gr + i) * load(w + i) * load(xr + i);
+    if (rest)
+      sc += load_part(gr + full, rest, 0.0f) * load_part(w + full, rest, 0.0f) *
+            load_part(xr + full, rest, 0.0f);
+    const vf rv = splat(rs), k = splat(rs * rs * hsum(sc) * inv_n);
+    for (size_t i = 0; i < full; i += W)
+      store(dr + i, rv * (load(gr + i) * load(w + i) - load(xr + i) * k));
+    if (rest)
+      store_part(dr + full,
+                 rv * (load_part(gr + full, rest, 0.0f) * load_part(w + full, rest, 0.0f) -
+                       load_part(xr + full, rest, 0.0f) * k),
+                 rest);
   }
 }
 
@@ -231,8 +383,10 @@ void dropout(const float *x, float *y, size_t n, uint64_t offset, uint64_t seed,
   }
 }
 
-const Kernels table = {XTR_ISA_NAME, gelu,    gelu_vjp,    gelu_tanh,
-                       gelu_tanh_vjp, softmax, softmax_vjp, dropout};
+// In kernels.h's field order.
+const Kernels table = {XTR_ISA_NAME,  gelu,           gelu_vjp, gelu_tanh,    gelu_tanh_vjp,
+                       softmax,       softmax_vjp,    softmax_bias, layer_norm, layer_norm_vjp,
+                       rms_norm,      rms_norm_vjp,   dropout};
 
 } // namespace
 } // namespace XTR_NS

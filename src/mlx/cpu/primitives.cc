@@ -204,12 +204,64 @@ void parallel_ranges(size_t n, size_t grain, const std::function<void(size_t, si
 
 // ---- the primitives ----
 
-enum class Op { Gelu, GeluTanh, GeluVjp, GeluTanhVjp, Softmax, SoftmaxVjp, Dropout };
+enum class Op {
+  Gelu,
+  GeluTanh,
+  GeluVjp,
+  GeluTanhVjp,
+  Softmax,
+  SoftmaxVjp,
+  Dropout,
+  // Inputs {x, bias}: softmax(x + bias), bias broadcast over x's leading axes.
+  SoftmaxBias,
+  // Inputs {x, w, b} and {x, w, g}; the scalar parameter is eps.
+  LayerNorm,
+  LayerNormVjp,
+  // Inputs {x, w} and {x, w, g}.
+  RmsNorm,
+  RmsNormVjp,
+};
 
 // The operand that has the output's shape and may lend it its buffer: the
 // cotangent for the VJP ops, the input otherwise.
 size_t shaping_operand(Op op) {
-  return op == Op::GeluVjp || op == Op::GeluTanhVjp || op == Op::SoftmaxVjp ? 1 : 0;
+  switch (op) {
+  case Op::GeluVjp:
+  case Op::GeluTanhVjp:
+  case Op::SoftmaxVjp:
+    return 1;
+  case Op::LayerNormVjp:
+  case Op::RmsNormVjp:
+    return 2;
+  default:
+    return 0;
+  }
+}
+
+// Which row of a broadcast `bias` each row of `x` adds: x's leading axes
+// (all but the last) against bias's, where a bias axis of 1 repeats.
+struct RowMap {
+  // Innermost first: x's extent and the bias row stride along each leading axis.
+  std::vector<size_t> extent, stride;
+  size_t operator()(size_t row) const {
+    size_t off = 0;
+    for (size_t k = 0; k < extent.size(); ++k) {
+      off += (row % extent[k]) * stride[k];
+      row /= extent[k];
+    }
+    return off;
+  }
+};
+RowMap row_map(const array &x, const array &bias) {
+  RowMap m;
+  size_t stride = 1;
+  for (int ax = static_cast<int>(x.ndim()) - 2; ax >= 0; --ax) {
+    size_t bx = static_cast<size_t>(bias.shape(ax));
+    m.extent.push_back(static_cast<size_t>(x.shape(ax)));
+    m.stride.push_back(bx == 1 ? 0 : stride);
+    stride *= bx;
+  }
+  return m;
 }
 
 // Element-wise work below this many elements runs on one thread.
@@ -217,8 +269,11 @@ constexpr size_t kGrain = 16384;
 
 array build(Op op, std::vector<array> inputs, float rate = 0.0f);
 
+array build_norm_vjp(Op op, const array &x, const array &w, const array &g, float eps);
+
 class XtrKernel : public mx::Primitive {
 public:
+  // `rate` is dropout's rate, or the norms' eps.
   XtrKernel(mx::Stream s, Op op, float rate) : mx::Primitive(s), op_(op), rate_(rate) {}
 
   void eval_cpu(const std::vector<array> &inputs, std::vector<array> &outputs) override {
@@ -238,13 +293,18 @@ public:
     const Kernels *k = &active();
     const float *a = inputs[0].data<float>();
     const float *b = inputs.size() > 1 && op_ != Op::Dropout ? inputs[1].data<float>() : nullptr;
+    const float *c = inputs.size() > 2 ? inputs[2].data<float>() : nullptr;
     const uint32_t *key = op_ == Op::Dropout ? inputs[1].data<uint32_t>() : nullptr;
     float *y = out.data<float>();
     size_t n = out.size();
     size_t len = out.ndim() == 0 ? 1 : static_cast<size_t>(out.shape(-1));
     Op op = op_;
     float rate = rate_;
-    enc.dispatch([k, op, a, b, key, y, n, len, rate]() {
+    RowMap bias_row = op_ == Op::SoftmaxBias ? row_map(inputs[0], inputs[1]) : RowMap{};
+    size_t rows = len == 0 ? 0 : n / len;
+    size_t row_grain = std::max<size_t>(1, kGrain / std::max<size_t>(len, 1));
+    enc.dispatch([k, op, a, b, c, key, y, n, len, rate, rows, row_grain,
+                  bias_row = std::move(bias_row)]() {
       switch (op) {
       case Op::Gelu:
         parallel_ranges(n, kGrain, [&](size_t s, size_t e) { k->gelu(a + s, y + s, e - s); });
@@ -262,22 +322,42 @@ public:
           k->gelu_tanh_vjp(a + s, b + s, y + s, e - s);
         });
         break;
-      case Op::Softmax: {
-        size_t rows = len == 0 ? 0 : n / len;
-        parallel_ranges(rows, std::max<size_t>(1, kGrain / std::max<size_t>(len, 1)),
-                        [&](size_t s, size_t e) {
-                          k->softmax(a + s * len, y + s * len, e - s, len);
-                        });
+      case Op::Softmax:
+        parallel_ranges(rows, row_grain, [&](size_t s, size_t e) {
+          k->softmax(a + s * len, y + s * len, e - s, len);
+        });
         break;
-      }
-      case Op::SoftmaxVjp: {
-        size_t rows = len == 0 ? 0 : n / len;
-        parallel_ranges(rows, std::max<size_t>(1, kGrain / std::max<size_t>(len, 1)),
-                        [&](size_t s, size_t e) {
-                          k->softmax_vjp(a + s * len, b + s * len, y + s * len, e - s, len);
-                        });
+      case Op::SoftmaxVjp:
+        parallel_ranges(rows, row_grain, [&](size_t s, size_t e) {
+          k->softmax_vjp(a + s * len, b + s * len, y + s * len, e - s, len);
+        });
         break;
-      }
+      case Op::SoftmaxBias:
+        parallel_ranges(rows, row_grain, [&](size_t s, size_t e) {
+          for (size_t r = s; r < e; ++r)
+            k->softmax_bias(a + r * len, b + bias_row(r) * len, y + r * len, 1, len);
+        });
+        break;
+      case Op::LayerNorm:
+        parallel_ranges(rows, row_grain, [&](size_t s, size_t e) {
+          k->layer_norm(a + s * len, b, c, y + s * len, e - s, len, rate);
+        });
+        break;
+      case Op::LayerNormVjp:
+        parallel_ranges(rows, row_grain, [&](size_t s, size_t e) {
+          k->layer_norm_vjp(a + s * len, b, c + s * len, y + s * len, e - s, len, rate);
+        });
+        break;
+      case Op::RmsNorm:
+        parallel_ranges(rows, row_grain, [&](size_t s, size_t e) {
+          k->rms_norm(a + s * len, b, y + s * len, e - s, len, rate);
+        });
+        break;
+      case Op::RmsNormVjp:
+        parallel_ranges(rows, row_grain, [&](size_t s, size_t e) {
+          k->rms_norm_vjp(a + s * len, b, c + s * len, y + s * len, e - s, len, rate);
+        });
+        break;
       case Op::Dropout: {
         uint64_t seed = (static_cast<uint64_t>(key[0]) << 32) | key[1];
         double t = static_cast<double>(rate) * 4294967296.0;
@@ -314,6 +394,48 @@ public:
       case Op::Softmax:
         grads.push_back(build(Op::SoftmaxVjp, {outputs[0], cot}));
         break;
+      case Op::SoftmaxBias: {
+        array dx = build(Op::SoftmaxVjp, {outputs[0], cot});
+        if (arg == 0) {
+          grads.push_back(dx);
+        } else {
+          // The bias's gradient sums dx over the axes it is broadcast along.
+          const array &x = primals[0], &bias = primals[1];
+          std::vector<int> axes;
+          for (int ax = 0; ax < static_cast<int>(x.ndim()); ++ax)
+            if (bias.shape(ax) == 1 && x.shape(ax) != 1) axes.push_back(ax);
+          grads.push_back(axes.empty() ? dx : mx::sum(dx, axes, true, stream()));
+        }
+        break;
+      }
+      case Op::LayerNorm:
+      case Op::RmsNorm: {
+        const array &x = primals[0], &w = primals[1];
+        bool layer = op_ == Op::LayerNorm;
+        if (arg == 0) {
+          grads.push_back(
+              build_norm_vjp(layer ? Op::LayerNormVjp : Op::RmsNormVjp, x, w, cot, rate_));
+          break;
+        }
+        // The affine parameters' gradients (frozen in LoRA training, so rare):
+        // sums over every row, composed from MLX's ops.
+        auto s = stream();
+        std::vector<int> rows_axes;
+        for (int ax = 0; ax + 1 < static_cast<int>(x.ndim()); ++ax) rows_axes.push_back(ax);
+        if (arg == 2) {
+          grads.push_back(mx::sum(cot, rows_axes, false, s));
+          break;
+        }
+        array eps = array(rate_, mx::float32);
+        array normed =
+            layer ? mx::multiply(mx::subtract(x, mx::mean(x, -1, true, s), s),
+                                 mx::rsqrt(mx::add(mx::var(x, -1, true, 0, s), eps, s), s), s)
+                  : mx::multiply(
+                        x, mx::rsqrt(mx::add(mx::mean(mx::square(x, s), -1, true, s), eps, s), s),
+                        s);
+        grads.push_back(mx::sum(mx::multiply(cot, normed, s), rows_axes, false, s));
+        break;
+      }
       case Op::Dropout:
         if (arg == 0) {
           grads.push_back(build(Op::Dropout, {cot, primals[1]}, rate_));
@@ -366,6 +488,11 @@ public:
     case Op::Softmax: return "XtrSoftmax";
     case Op::SoftmaxVjp: return "XtrSoftmaxVjp";
     case Op::Dropout: return "XtrDropout";
+    case Op::SoftmaxBias: return "XtrSoftmaxBias";
+    case Op::LayerNorm: return "XtrLayerNorm";
+    case Op::LayerNormVjp: return "XtrLayerNormVjp";
+    case Op::RmsNorm: return "XtrRmsNorm";
+    case Op::RmsNormVjp: return "XtrRmsNormVjp";
     }
     return "XtrKernel";
   }
@@ -398,11 +525,42 @@ array build(Op op, std::vector<array> inputs, float rate) {
     }
     in = mx::contiguous(in, false, s);
   }
-  if (inputs.size() == 2 && op != Op::Dropout && inputs[0].shape() != inputs[1].shape())
+  if (inputs.size() == 2 && (op == Op::Softmax || op == Op::SoftmaxVjp || op == Op::GeluVjp ||
+                             op == Op::GeluTanhVjp) &&
+      inputs[0].shape() != inputs[1].shape())
     throw std::invalid_argument("xtr CPU kernel operands must have one shape");
   auto shape = inputs[shaping_operand(op)].shape();
   return array(std::move(shape), mx::float32, std::make_shared<XtrKernel>(s, op, rate),
                std::move(inputs));
+}
+
+std::string shape_str(const array &x) {
+  std::string r = "[";
+  for (size_t i = 0; i < x.ndim(); ++i) r += (i ? ", " : "") + std::to_string(x.shape(i));
+  return r + "]";
+}
+
+// A norm over x's last axis: weight (and bias) of that length.
+void check_norm(const char *what, const array &x, const array &w) {
+  if (x.ndim() == 0 || w.ndim() != 1 || w.shape(0) != x.shape(-1))
+    throw std::invalid_argument(std::string(what) + ": weight " + shape_str(w) +
+                                " must be one vector as long as the last axis of x " +
+                                shape_str(x));
+}
+
+array build_norm_vjp(Op op, const array &x, const array &w, const array &g, float eps) {
+  return build(op, {x, w, g}, eps);
+}
+
+array build_softmax_bias(const array &x, const array &bias) {
+  bool ok = x.ndim() >= 1 && bias.ndim() == x.ndim() && bias.shape(-1) == x.shape(-1);
+  for (int ax = 0; ok && ax + 1 < static_cast<int>(x.ndim()); ++ax)
+    ok = bias.shape(ax) == 1 || bias.shape(ax) == x.shape(ax);
+  if (!ok)
+    throw std::invalid_argument("softmax with bias: bias " + shape_str(bias) +
+                                " does not broadcast to the scores " + shape_str(x) +
+                                " (same rank and last axis, other axes 1 or equal)");
+  return build(Op::SoftmaxBias, {x, bias});
 }
 
 
@@ -613,6 +771,18 @@ ArrayPtr xtr_gelu(const array &x, bool tanh_form) {
 ArrayPtr xtr_softmax(const array &x) {
   if (x.ndim() == 0) throw std::invalid_argument("softmax needs at least one axis");
   return std::make_unique<array>(cpu::build(cpu::Op::Softmax, {x}));
+}
+ArrayPtr xtr_softmax_bias(const array &x, const array &bias) {
+  return std::make_unique<array>(cpu::build_softmax_bias(x, bias));
+}
+ArrayPtr xtr_layer_norm(const array &x, const array &weight, const array &bias, float eps) {
+  cpu::check_norm("layer norm", x, weight);
+  cpu::check_norm("layer norm", x, bias);
+  return std::make_unique<array>(cpu::build(cpu::Op::LayerNorm, {x, weight, bias}, eps));
+}
+ArrayPtr xtr_rms_norm(const array &x, const array &weight, float eps) {
+  cpu::check_norm("RMS norm", x, weight);
+  return std::make_unique<array>(cpu::build(cpu::Op::RmsNorm, {x, weight}, eps));
 }
 ArrayPtr xtr_dropout(const array &x, const array &key, float rate) {
   if (!(rate >= 0.0f && rate < 1.0f))
