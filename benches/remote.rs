@@ -40,7 +40,10 @@ fn main() {
     println!("| case | tool | push MB/s | pull MB/s | push s | pull s |");
     println!("|---|---|---|---|---|---|");
     for (case, shape) in [
-        (format!("1 file, {:.2} GB", big as f64 / 1e9), Shape::Big(big)),
+        (
+            format!("1 file, {:.2} GB", big as f64 / 1e9),
+            Shape::Big(big),
+        ),
         (format!("{SMALL_FILES} files of 1-4 KB"), Shape::Small),
     ] {
         let dir = work.path().join(case.replace([' ', ','], "_"));
@@ -111,16 +114,23 @@ fn xtr_pipe_round_trip(remote: &Remote, dir: &Path, shape: &Shape, seed: u64) ->
         let lock = store.lock_key(&key, &cancel, || {}).expect("lock");
         let staging = store.stage_dir(&key, &lock).expect("staging");
         let bytes = make_files(&staging.out_dir(), shape, seed);
-        staging.publish(&store, manifest(&key, recipe)).expect("publish");
+        staging
+            .publish(&store, manifest(&key, recipe))
+            .expect("publish");
         bytes
     };
     let start = Instant::now();
-    let up = remote.upload(&store, &key, false, &bar, &cancel).expect("push");
+    let up = remote
+        .upload(&store, &key, false, &bar, &cancel)
+        .expect("push");
     let push = start.elapsed().as_secs_f64();
     assert!(!up.already);
     let other = Store::open(&dir.join("b")).expect("store");
     let start = Instant::now();
-    let artifact = remote.artifact(&key).expect("manifest").expect("on the remote");
+    let artifact = remote
+        .artifact(&key)
+        .expect("manifest")
+        .expect("on the remote");
     let lock = other.lock_key(&key, &cancel, || {}).expect("lock");
     remote
         .download(&other, &artifact, &lock, &bar, &cancel)
@@ -170,7 +180,13 @@ fn peer_round_trip(
         let mut cmd = match peer {
             Peer::Aws => {
                 let mut c = Command::new("aws");
-                c.args(["--endpoint-url", &g.endpoint(), "s3", "sync", "--only-show-errors"]);
+                c.args([
+                    "--endpoint-url",
+                    &g.endpoint(),
+                    "s3",
+                    "sync",
+                    "--only-show-errors",
+                ]);
                 c
             }
             Peer::Rclone => {
@@ -190,7 +206,9 @@ fn peer_round_trip(
             .env("RCLONE_CONFIG_G_ACCESS_KEY_ID", garage::KEY_ID)
             .env("RCLONE_CONFIG_G_SECRET_ACCESS_KEY", garage::SECRET);
         let start = Instant::now();
-        let status = cmd.status().unwrap_or_else(|e| panic!("{name}: {e} (install it: pip install awscli / apt-get install rclone)"));
+        let status = cmd.status().unwrap_or_else(|e| {
+            panic!("{name}: {e} (install it: pip install awscli / apt-get install rclone)")
+        });
         assert!(status.success(), "{name} failed");
         start.elapsed().as_secs_f64()
     };

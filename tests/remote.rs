@@ -44,10 +44,16 @@ fn project(remote: &str, body: &str) -> Project {
 /// The binary with the server's AWS environment (and no other AWS settings).
 fn command(p: &Project, env: &[(&'static str, String)], args: &[&str]) -> Command {
     let mut cmd = p.command(args);
-    for var in ["AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_ALLOW_HTTP"] {
+    for var in [
+        "AWS_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_ALLOW_HTTP",
+    ] {
         cmd.env_remove(var);
     }
-    cmd.env("HOME", p.root()).envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.env("HOME", p.root())
+        .envs(env.iter().map(|(k, v)| (k, v)));
     cmd
 }
 
@@ -139,7 +145,10 @@ fn a_second_machine_reuses_every_artifact_without_running_anything() {
     let (status, _) = json(&second, &env, &["status", "p.toml"]);
     for s in status["stages"].as_array().expect("stages") {
         assert_eq!(s["where"], "remote", "{status}");
-        assert!(s["reason"].as_str().unwrap().starts_with("on the remote"), "{s}");
+        assert!(
+            s["reason"].as_str().unwrap().starts_with("on the remote"),
+            "{s}"
+        );
     }
     let (report, err) = json(&second, &env, &["run", "p.toml"]);
     assert_eq!(
@@ -161,9 +170,15 @@ fn a_second_machine_reuses_every_artifact_without_running_anything() {
     }
     // The log came along; the metrics and history work as for a local cache hit.
     let key_a = stage(&report, "a")["key"].as_str().unwrap().to_string();
-    assert!(second.read(&format!("artifacts/{key_a}/log.txt")).contains("made-a"));
+    assert!(second
+        .read(&format!("artifacts/{key_a}/log.txt"))
+        .contains("made-a"));
     let (status, _) = json(&second, &env, &["status", "p.toml"]);
-    assert!(status["stages"].as_array().unwrap().iter().all(|s| s["where"] == "local"));
+    assert!(status["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["where"] == "local"));
     let out = xtr(&second, &env, &["status", "p.toml"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("up to date (local)"));
 
@@ -171,12 +186,19 @@ fn a_second_machine_reuses_every_artifact_without_running_anything() {
     for p in [&first, &second] {
         assert!(!all_text(&p.path("artifacts")).contains(SECRET));
     }
-    for args in [&["run", "p.toml"][..], &["push", "p.toml"], &["pull", "p.toml"]] {
+    for args in [
+        &["run", "p.toml"][..],
+        &["push", "p.toml"],
+        &["pull", "p.toml"],
+    ] {
         for extra in [&[][..], &["--json"]] {
             let out = xtr(&second, &env, &[args, extra].concat());
             assert!(out.status.success(), "{args:?}: {}", stderr(&out));
             let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
-            assert!(!text.contains(SECRET) && !text.contains(garage::KEY_ID), "{text}");
+            assert!(
+                !text.contains(SECRET) && !text.contains(garage::KEY_ID),
+                "{text}"
+            );
         }
     }
 }
@@ -199,23 +221,38 @@ fn pull_and_push_move_a_pipelines_artifacts_explicitly() {
     assert_eq!(status, ["pushed", "pushed"], "{pushed}");
     assert!(pushed["bytes"].as_u64().unwrap() >= 20_000_000);
     let (again, _) = json(&first, &env, &["push", "p.toml"]);
-    assert!(again["artifacts"].as_array().unwrap().iter().all(|t| t["status"] == "already"));
+    assert!(again["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["status"] == "already"));
     assert_eq!(again["bytes"], 0);
 
     let second = project(&g.url("explicit"), TWO_STAGES);
     let (pulled, _) = json(&second, &env, &["pull", "p.toml", "--only", "b"]);
     let only: Vec<_> = pulled["artifacts"].as_array().unwrap().iter().collect();
     assert_eq!(only.len(), 1);
-    assert_eq!((only[0]["stage"].as_str(), only[0]["status"].as_str()), (Some("b"), Some("pulled")));
+    assert_eq!(
+        (only[0]["stage"].as_str(), only[0]["status"].as_str()),
+        (Some("b"), Some("pulled"))
+    );
     assert_eq!(second.artifacts().len(), 1);
-    let (report, _) = json(&second, &env, &["run", "p.toml", "--no-remote", "--only", "b"]);
+    let (report, _) = json(
+        &second,
+        &env,
+        &["run", "p.toml", "--no-remote", "--only", "b"],
+    );
     assert_eq!(stage(&report, "b")["status"], "cached");
     assert!(!second.path("ran-b").exists());
 
     // Without a pipeline: every artifact of the remote, into a bare store.
     let third = Project::new();
     let url = g.url("explicit");
-    let (all, _) = json(&third, &env, &["pull", "--store", "artifacts", "--remote", &url]);
+    let (all, _) = json(
+        &third,
+        &env,
+        &["pull", "--store", "artifacts", "--remote", &url],
+    );
     assert_eq!(all["artifacts"].as_array().unwrap().len(), 2, "{all}");
     assert_eq!(third.artifacts(), first.artifacts());
 }
@@ -244,10 +281,15 @@ fn a_corrupted_remote_object_is_reported_never_used_and_repaired() {
         .find(|l| l.contains("remote_warning"))
         .unwrap_or_else(|| panic!("no warning:\n{err}"));
     assert!(
-        warning.contains(&key) && warning.contains("out/data.txt") && warning.contains("does not match its hash"),
+        warning.contains(&key)
+            && warning.contains("out/data.txt")
+            && warning.contains("does not match its hash"),
         "{warning}"
     );
-    assert_eq!(std::fs::read(artifact(&report, "a").join("data.txt")).unwrap(), b"alpha");
+    assert_eq!(
+        std::fs::read(artifact(&report, "a").join("data.txt")).unwrap(),
+        b"alpha"
+    );
     // b's key depends only on a's key, so its remote copy was fine to use.
     assert_eq!(stage(&report, "b")["status"], "cached");
 
@@ -255,19 +297,29 @@ fn a_corrupted_remote_object_is_reported_never_used_and_repaired() {
     let third = project(&g.url("c"), TWO_STAGES);
     let (report, err) = json(&third, &env, &["run", "p.toml"]);
     assert_eq!(stage(&report, "a")["status"], "cached", "{err}");
-    assert_eq!(std::fs::read(artifact(&report, "a").join("data.txt")).unwrap(), b"alpha");
+    assert_eq!(
+        std::fs::read(artifact(&report, "a").join("data.txt")).unwrap(),
+        b"alpha"
+    );
 
     // A blob that is gone is reported as missing, by name.
-    rt.block_on(g.client().delete(&blob)).expect("delete the blob");
+    rt.block_on(g.client().delete(&blob))
+        .expect("delete the blob");
     let fourth = project(&g.url("c"), TWO_STAGES);
     let (pulled, _) = {
         let out = xtr(&fourth, &env, &["pull", "p.toml", "--json"]);
         assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-        (serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), ())
+        (
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(),
+            (),
+        )
     };
     let failed = &pulled["artifacts"][0];
     assert_eq!(failed["status"], "failed", "{pulled}");
-    assert!(failed["error"].as_str().unwrap().contains("out/data.txt is missing on the remote"));
+    assert!(failed["error"]
+        .as_str()
+        .unwrap()
+        .contains("out/data.txt is missing on the remote"));
     assert!(!fourth.path(&format!("artifacts/{key}")).exists());
 }
 
@@ -291,12 +343,20 @@ fn a_server_killed_mid_upload_leaves_no_partial_artifact() {
     // Kill the server once the upload has begun: blobs, but no manifest yet.
     let start = Instant::now();
     while objects(&g, "k/blobs").len() < 50 {
-        assert!(start.elapsed() < Duration::from_secs(120), "the upload never began");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the upload never began"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     g.kill();
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     let status = child.wait().unwrap();
     assert!(status.success(), "a failed upload failed the run:\n{err}");
     assert!(
@@ -305,8 +365,14 @@ fn a_server_killed_mid_upload_leaves_no_partial_artifact() {
     );
 
     g.launch();
-    assert!(objects(&g, "k/blobs").len() < 3000, "every blob was uploaded");
-    assert!(objects(&g, "k/artifacts").is_empty(), "a partial artifact is visible");
+    assert!(
+        objects(&g, "k/blobs").len() < 3000,
+        "every blob was uploaded"
+    );
+    assert!(
+        objects(&g, "k/artifacts").is_empty(),
+        "a partial artifact is visible"
+    );
     let second = project(&g.url("k"), MANY_FILES);
     let (status, _) = json(&second, &env, &["status", "p.toml"]);
     assert_eq!(status["stages"][0]["where"], serde_json::Value::Null);
@@ -331,11 +397,16 @@ cmd = '''for i in $(seq 1 300); do head -c 2000 /dev/urandom > $XTR_OUT/r$i.bin;
 fn two_concurrent_pushes_of_one_key_leave_one_valid_artifact() {
     let g = Garage::start();
     let env = g.env();
-    let machines: Vec<Project> = (0..2).map(|_| project(&g.url("race"), NONDETERMINISTIC)).collect();
+    let machines: Vec<Project> = (0..2)
+        .map(|_| project(&g.url("race"), NONDETERMINISTIC))
+        .collect();
     let mut outputs = Vec::new();
     for m in &machines {
         let (report, _) = json(m, &env, &["run", "p.toml", "--no-remote"]);
-        outputs.push((stage(&report, "noisy")["key"].clone(), tree(&artifact(&report, "noisy"))));
+        outputs.push((
+            stage(&report, "noisy")["key"].clone(),
+            tree(&artifact(&report, "noisy")),
+        ));
     }
     assert_eq!(outputs[0].0, outputs[1].0, "one key");
     assert_ne!(outputs[0].1, outputs[1].1, "different bytes");
@@ -377,7 +448,11 @@ fn a_run_with_the_server_down_goes_on_locally() {
         [("a".into(), "ran".into()), ("b".into(), "ran".into())]
     );
     assert!(err.contains("going on locally"), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(60), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        start.elapsed()
+    );
 
     // With remote_required the same run stops before running anything.
     let strict = Project::new();
@@ -414,7 +489,11 @@ fn a_remote_that_never_answers_costs_a_bounded_wait() {
     let (report, err) = json(&p, &env, &["run", "p.toml"]);
     assert_eq!(stage(&report, "b")["status"], "ran");
     assert!(err.contains("did not answer"), "{err}");
-    assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
     drop(silent);
 }
 
@@ -435,7 +514,11 @@ fn remote_settings_are_checked_before_anything_is_sent() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     // No credentials at all.
     let out = xtr(&p, &[], &["push", "p.toml"]);
-    assert!(stderr(&out).contains("AWS_ACCESS_KEY_ID"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("AWS_ACCESS_KEY_ID"),
+        "{}",
+        stderr(&out)
+    );
     // A malformed URL points at the pipeline file.
     let bad = project("https://b/p", TWO_STAGES);
     let out = xtr(&bad, &env, &["run", "p.toml"]);

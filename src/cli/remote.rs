@@ -103,7 +103,14 @@ fn transfer(args: TransferArgs, direction: Direction) -> Result<ExitCode, Failur
             let mut ws = Workspace::open(pipeline)?;
             let plan = exec::plan(pipeline, &mut ws, &RunOptions::default())?;
             let wanted = remote::candidates(Some(&plan), &args.only, Vec::new());
-            let report = move_artifacts(direction, &ws.store, &mut ws.hasher, &cache, wanted, &cancel)?;
+            let report = move_artifacts(
+                direction,
+                &ws.store,
+                &mut ws.hasher,
+                &cache,
+                wanted,
+                &cancel,
+            )?;
             ws.hasher.flush(&mut ws.db)?;
             report
         }
@@ -168,7 +175,11 @@ fn print_report(report: &TransferReport, direction: Direction) {
             ("failed", _) => t.error.clone().unwrap_or_default(),
             _ => format!("{:.1} MB", t.bytes as f64 / 1e6),
         };
-        println!("  {:<8} {stage:<width$}  {}  {what}", t.status, &t.key[..12]);
+        println!(
+            "  {:<8} {stage:<width$}  {}  {what}",
+            t.status,
+            &t.key[..12]
+        );
     }
     let count = |s: &str| report.artifacts.iter().filter(|t| t.status == s).count();
     let (verb, place) = match direction {

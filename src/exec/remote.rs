@@ -47,8 +47,12 @@ impl RemoteCache {
         let required = pipeline.is_some_and(|p| p.remote_required);
         let (url, origin) = match (choice, pipeline.and_then(|p| p.remote.as_ref())) {
             (RemoteChoice::Off, _) | (RemoteChoice::Pipeline, None) => return Ok(None),
-            (RemoteChoice::Url(url), _) => (url.clone(), Origin::CommandLine(format!("--remote {url}"))),
-            (RemoteChoice::Pipeline, Some(setting)) => (setting.url.clone(), setting.origin.clone()),
+            (RemoteChoice::Url(url), _) => {
+                (url.clone(), Origin::CommandLine(format!("--remote {url}")))
+            }
+            (RemoteChoice::Pipeline, Some(setting)) => {
+                (setting.url.clone(), setting.origin.clone())
+            }
         };
         if let Err(why) = crate::store::remote::RemoteUrl::parse(&url) {
             return Err(ConfigError::new(Some(&origin), why)
@@ -89,7 +93,7 @@ impl RemoteCache {
                     let p = &mut plan.stages[i];
                     if there {
                         p.on_remote = true;
-                        p.reason = format!("on the remote (here: {})", p.reason);
+                        p.reason = format!("on the remote; here: {}", p.reason);
                     }
                 }
                 Ok(())
@@ -101,6 +105,8 @@ impl RemoteCache {
     /// A remote failure: an error when the remote is required (or the run was
     /// cancelled), else a warning.
     fn degrade(&self, stage: Option<&str>, e: RemoteError, reporter: &dyn Reporter) -> Result<()> {
+        // Said once: after the first failure the run stops asking.
+        let said = matches!(e, RemoteError::Down(_));
         let text = match e {
             RemoteError::Local(e) if e.is::<Cancelled>() => return Err(e),
             RemoteError::Local(e) => format!("{e:#}"),
@@ -111,10 +117,12 @@ impl RemoteCache {
                 "{text} (the pipeline says remote_required = true; run with --no-remote to go on without it)"
             ));
         }
-        reporter.report(&Event::RemoteWarning {
-            stage,
-            message: &format!("{text}; going on locally"),
-        });
+        if !said {
+            reporter.report(&Event::RemoteWarning {
+                stage,
+                message: &format!("{text}; going on locally"),
+            });
+        }
         Ok(())
     }
 }
@@ -146,7 +154,9 @@ pub(super) fn fetch_on_miss(
     let fetched = cache.remote.artifact(&p.key).and_then(|found| match found {
         Some(artifact) => {
             let bytes = artifact.bytes();
-            let published = cache.remote.download(store, &artifact, lock, &bar, cancel)?;
+            let published = cache
+                .remote
+                .download(store, &artifact, lock, &bar, cancel)?;
             Ok(Some((published, bytes)))
         }
         None => Ok(None),
@@ -221,13 +231,20 @@ pub struct TransferReport {
 
 impl TransferReport {
     pub fn failed(&self) -> usize {
-        self.artifacts.iter().filter(|t| t.status == "failed").count()
+        self.artifacts
+            .iter()
+            .filter(|t| t.status == "failed")
+            .count()
     }
 }
 
 /// The artifacts a push or pull considers: `(stage, key)`, from the plan when
 /// there is a pipeline (only `only`'s stages, if any), else every key.
-pub fn candidates(plan: Option<&Plan>, only: &[String], all: Vec<ArtifactKey>) -> Vec<(Option<String>, ArtifactKey)> {
+pub fn candidates(
+    plan: Option<&Plan>,
+    only: &[String],
+    all: Vec<ArtifactKey>,
+) -> Vec<(Option<String>, ArtifactKey)> {
     match plan {
         Some(plan) => plan
             .order
@@ -276,7 +293,13 @@ pub fn push(
                 if up.already {
                     bar.inc(size);
                 }
-                transfer(stage, &key, if up.already { "already" } else { "pushed" }, up.bytes, None)
+                transfer(
+                    stage,
+                    &key,
+                    if up.already { "already" } else { "pushed" },
+                    up.bytes,
+                    None,
+                )
             }
             Err(RemoteError::Local(e)) if e.is::<Cancelled>() => return Err(e),
             Err(e) => transfer(stage, &key, "failed", 0, Some(error_text(e))),

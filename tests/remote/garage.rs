@@ -139,8 +139,15 @@ impl Garage {
             if ok {
                 return;
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                panic!("garage exited ({status}) before it was ready:\n{}", self.log_tail());
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "garage exited ({status}) before it was ready:\n{}",
+                    self.log_tail()
+                );
             }
             assert!(
                 start.elapsed() < limit,

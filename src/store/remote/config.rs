@@ -35,7 +35,9 @@ impl RemoteUrl {
         }
         let prefix = prefix.trim_matches('/');
         if prefix.split('/').any(|part| part == "." || part == "..") {
-            return Err(format!("remote `{text}`: `.` and `..` are not allowed in the prefix"));
+            return Err(format!(
+                "remote `{text}`: `.` and `..` are not allowed in the prefix"
+            ));
         }
         Ok(RemoteUrl {
             bucket: bucket.to_string(),
@@ -105,7 +107,8 @@ impl AwsSettings {
                 .find_map(|name| var(name))
                 .or_else(|| profile.get(key))
         };
-        let truthy = |name: &str| var(name).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+        let truthy =
+            |name: &str| var(name).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
         AwsSettings {
             access_key_id: pick(&["AWS_ACCESS_KEY_ID"], "aws_access_key_id"),
             secret_access_key: pick(&["AWS_SECRET_ACCESS_KEY"], "aws_secret_access_key"),
@@ -237,7 +240,13 @@ mod tests {
         assert_eq!(url.prefix, "xtr/v1");
         assert_eq!(url.to_string(), "s3://team-cache/xtr/v1");
         assert_eq!(RemoteUrl::parse("s3://b").unwrap().prefix, "");
-        for bad in ["http://b/p", "s3://", "s3:///p", "s3://key:secret@b/p", "s3://b/../p"] {
+        for bad in [
+            "http://b/p",
+            "s3://",
+            "s3:///p",
+            "s3://key:secret@b/p",
+            "s3://b/../p",
+        ] {
             assert!(RemoteUrl::parse(bad).is_err(), "{bad} parsed");
         }
     }
@@ -261,12 +270,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("credentials");
         let config = dir.path().join("config");
-        std::fs::write(&creds, "[team]\naws_access_key_id = K\naws_secret_access_key = S\n").unwrap();
-        std::fs::write(&config, "[profile team]\nregion = garage\nendpoint_url = http://127.0.0.1:3900\n").unwrap();
+        std::fs::write(
+            &creds,
+            "[team]\naws_access_key_id = K\naws_secret_access_key = S\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &config,
+            "[profile team]\nregion = garage\nendpoint_url = http://127.0.0.1:3900\n",
+        )
+        .unwrap();
         let p = Profile::load(Some(&creds), Some(&config), "team");
         assert_eq!(p.get("aws_access_key_id").as_deref(), Some("K"));
         assert_eq!(p.get("region").as_deref(), Some("garage"));
-        assert_eq!(p.get("endpoint_url").as_deref(), Some("http://127.0.0.1:3900"));
+        assert_eq!(
+            p.get("endpoint_url").as_deref(),
+            Some("http://127.0.0.1:3900")
+        );
     }
 
     #[test]
@@ -276,13 +296,25 @@ mod tests {
             allow_http,
             ..AwsSettings::default()
         };
-        for ok in ["http://127.0.0.1:3900", "http://localhost:9000/", "http://[::1]:3900"] {
+        for ok in [
+            "http://127.0.0.1:3900",
+            "http://localhost:9000/",
+            "http://[::1]:3900",
+        ] {
             assert_eq!(with(ok, false).check_endpoint(), Ok(true), "{ok}");
         }
-        assert_eq!(with("https://s3.example.org", false).check_endpoint(), Ok(false));
-        let err = with("http://10.0.0.5:3900", false).check_endpoint().unwrap_err();
+        assert_eq!(
+            with("https://s3.example.org", false).check_endpoint(),
+            Ok(false)
+        );
+        let err = with("http://10.0.0.5:3900", false)
+            .check_endpoint()
+            .unwrap_err();
         assert!(err.contains("AWS_ALLOW_HTTP"), "{err}");
-        assert_eq!(with("http://10.0.0.5:3900", true).check_endpoint(), Ok(true));
+        assert_eq!(
+            with("http://10.0.0.5:3900", true).check_endpoint(),
+            Ok(true)
+        );
         assert!(with("ftp://x", false).check_endpoint().is_err());
     }
 }

@@ -37,7 +37,9 @@ use serde::{Deserialize, Serialize};
 
 pub use config::{AwsSettings, RemoteUrl};
 
-use super::{hashing, read_manifest, ArtifactKey, KeyLock, Manifest, ManifestFile, Published, Store};
+use super::{
+    hashing, read_manifest, ArtifactKey, KeyLock, Manifest, ManifestFile, Published, Store,
+};
 use crate::cancel::CancelToken;
 
 /// Files up to this size move in one request; larger ones in parts of this size.
@@ -62,6 +64,9 @@ pub enum RemoteError {
     /// The remote did not answer in time, refused, or failed: go on locally.
     #[error("{0}")]
     Unreachable(String),
+    /// Not asked: the remote failed earlier in this process.
+    #[error("{0}")]
+    Down(String),
     /// The remote's artifact is incomplete or does not match its manifest:
     /// never use it.
     #[error("{0}")]
@@ -226,7 +231,7 @@ impl Remote {
         fut: impl std::future::Future<Output = Result<T, RemoteError>>,
     ) -> Result<T, RemoteError> {
         if self.down.load(Ordering::Relaxed) {
-            return Err(RemoteError::Unreachable(format!(
+            return Err(RemoteError::Down(format!(
                 "remote {} did not answer earlier in this run",
                 self.url
             )));
@@ -320,8 +325,8 @@ impl Remote {
                 "remote artifact {key} is corrupt: its manifest {why}"
             ))
         };
-        let marker: RemoteArtifact = serde_json::from_slice(&text)
-            .map_err(|e| corrupt(format!("is not valid ({e})")))?;
+        let marker: RemoteArtifact =
+            serde_json::from_slice(&text).map_err(|e| corrupt(format!("is not valid ({e})")))?;
         if marker.schema != MARKER_SCHEMA {
             return Err(corrupt(format!(
                 "has schema {}, this xtr-pipe reads {MARKER_SCHEMA}",
@@ -331,11 +336,19 @@ impl Remote {
         if &marker.manifest.key != key {
             return Err(corrupt(format!("names key {}", marker.manifest.key)));
         }
-        if let Some(bad) = marker.manifest.files.iter().find(|f| !safe_relative(&f.path)) {
+        if let Some(bad) = marker
+            .manifest
+            .files
+            .iter()
+            .find(|f| !safe_relative(&f.path))
+        {
             return Err(corrupt(format!("lists an unsafe path `{}`", bad.path)));
         }
         let hashes = marker.manifest.files.iter().map(|f| &f.blake3);
-        if let Some(bad) = hashes.chain(marker.log.iter().map(|l| &l.blake3)).find(|h| !is_hex64(h)) {
+        if let Some(bad) = hashes
+            .chain(marker.log.iter().map(|l| &l.blake3))
+            .find(|h| !is_hex64(h))
+        {
             return Err(corrupt(format!("lists a malformed hash `{bad}`")));
         }
         Ok(Some(marker))
@@ -355,7 +368,9 @@ impl Remote {
         let key = &artifact.manifest.key;
         let staging = store.stage_dir(key, lock)?;
         let out = staging.out_dir();
-        let tmp_dir = out.parent().map(FsPath::to_path_buf).unwrap_or(out.clone());
+        let tmp_dir = out
+            .parent()
+            .map_or_else(|| out.clone(), FsPath::to_path_buf);
         let fetched = self.fetch_files(&out, &staging.log_path(), artifact, bar, cancel);
         if let Err(e) = fetched {
             let _ = std::fs::remove_dir_all(&tmp_dir);
@@ -363,7 +378,12 @@ impl Remote {
         }
         let published = staging
             .publish(store, artifact.manifest.clone())
-            .with_context(|| format!("publishing artifact {} fetched from the remote", key.short()))?;
+            .with_context(|| {
+                format!(
+                    "publishing artifact {} fetched from the remote",
+                    key.short()
+                )
+            })?;
         Ok(published)
     }
 
@@ -466,7 +486,9 @@ impl Remote {
                         .await
                         .map_err(missing)?;
                     if bytes.len() as u64 != range.end - range.start {
-                        return Err(RemoteError::Corrupt("is shorter than its manifest says".into()));
+                        return Err(RemoteError::Corrupt(
+                            "is shorter than its manifest says".into(),
+                        ));
                     }
                     file.write_all_at(&bytes, range.start)
                         .with_context(|| format!("cannot write {}", dest.display()))?;
@@ -588,7 +610,9 @@ impl Remote {
             let mut bytes = Vec::with_capacity(blob.size as usize);
             file.read_to_end(&mut bytes)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            if bytes.len() as u64 != blob.size || blake3::hash(&bytes).to_hex().as_str() != blob.blake3 {
+            if bytes.len() as u64 != blob.size
+                || blake3::hash(&bytes).to_hex().as_str() != blob.blake3
+            {
                 return Err(changed());
             }
             self.client
@@ -616,7 +640,11 @@ impl Remote {
             }
             let n = match read_full(&mut file, &mut buf) {
                 Ok(n) => n,
-                Err(e) => break Err(RemoteError::Local(anyhow::Error::from(e).context(format!("cannot read {}", path.display())))),
+                Err(e) => {
+                    break Err(RemoteError::Local(
+                        anyhow::Error::from(e).context(format!("cannot read {}", path.display())),
+                    ))
+                }
             };
             if n == 0 {
                 break Ok(());
@@ -695,7 +723,9 @@ fn safe_relative(path: &str) -> bool {
 }
 
 fn is_hex64(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn scrub_text(mut text: String, secrets: &[String]) -> String {
@@ -716,7 +746,15 @@ mod tests {
         for ok in ["a.txt", "dir/b.bin", "model/x.safetensors"] {
             assert!(safe_relative(ok), "{ok}");
         }
-        for bad in ["", "/etc/passwd", "../x", "a/../../x", "a//b", "./a", "a\\b"] {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "./a",
+            "a\\b",
+        ] {
             assert!(!safe_relative(bad), "{bad}");
         }
     }
