@@ -386,6 +386,55 @@ fn a_server_killed_mid_upload_leaves_no_partial_artifact() {
     assert_eq!(tree(&artifact(&report, "many")).len(), 3000);
 }
 
+#[test]
+fn a_pull_killed_mid_download_leaves_nothing_visible() {
+    let g = Garage::start();
+    let env = g.env();
+    let first = project(&g.url("dl"), MANY_FILES);
+    let (report, _) = json(&first, &env, &["run", "p.toml"]);
+    let key = stage(&report, "many")["key"].as_str().unwrap().to_string();
+    let second = project(&g.url("dl"), MANY_FILES);
+    let mut child = command(&second, &env, &["pull", "p.toml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a pull");
+    // Kill it once files are arriving in `.tmp/`.
+    let tmp = second.path("artifacts/.tmp");
+    let arrived = || -> usize {
+        std::fs::read_dir(&tmp)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_dir(e.path().join("out")).ok())
+                    .map(|out| out.count())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let start = Instant::now();
+    while arrived() < 100 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the pull ended before it could be killed"
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no download began"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !second.path(&format!("artifacts/{key}")).exists(),
+        "a partial artifact was published"
+    );
+    // Nothing lost: the next run fetches it whole and runs nothing.
+    let (report, err) = json(&second, &env, &["run", "p.toml"]);
+    assert_eq!(stage(&report, "many")["status"], "cached", "{err}");
+    assert_eq!(tree(&artifact(&report, "many")).len(), 3000);
+}
+
 /// Same key, different bytes on each machine (a nondeterministic stage).
 const NONDETERMINISTIC: &str = r#"
 [stage.noisy]
