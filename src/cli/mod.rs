@@ -3,6 +3,7 @@
 //! pipeline commands live here, the ML ones in [`ml`].
 
 mod ml;
+mod remote;
 mod search;
 
 use std::io::Write;
@@ -50,8 +51,8 @@ struct Cli {
 enum Command {
     /// Run a pipeline: reuse cached stages, run the stale ones.
     Run(RunArgs),
-    /// Say which stages are stale and why, without running anything.
-    Status(PipelineArgs),
+    /// Say which stages are stale and why, and where a reusable artifact is.
+    Status(StatusArgs),
     /// Print the stage graph (text, or Graphviz with --dot).
     Dag(DagArgs),
     /// Show the last recorded run: keys, artifacts, timings, metrics.
@@ -60,6 +61,10 @@ enum Command {
     Diff(DiffArgs),
     /// Delete artifacts that no recorded run references.
     Gc(GcArgs),
+    /// Upload local artifacts to the remote cache (those of a pipeline's stages, or all).
+    Push(remote::TransferArgs),
+    /// Download artifacts from the remote cache, verified (a pipeline's stages, or all).
+    Pull(remote::TransferArgs),
     /// List the built-in stage kinds.
     Kinds(JsonFlag),
     /// Index source trees for code search (BM25 + multi-vector), outside a pipeline.
@@ -92,9 +97,19 @@ struct PipelineArgs {
 }
 
 #[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    common: PipelineArgs,
+    #[command(flatten)]
+    remote: remote::RemoteFlags,
+}
+
+#[derive(Args)]
 struct RunArgs {
     #[command(flatten)]
     common: PipelineArgs,
+    #[command(flatten)]
+    remote: remote::RemoteFlags,
     /// Stages to run at once [default: number of cores].
     #[arg(short = 'j', long)]
     jobs: Option<usize>,
@@ -202,6 +217,8 @@ pub fn main() -> ExitCode {
         Command::Show(args) => cmd_show(args),
         Command::Diff(args) => cmd_diff(args),
         Command::Gc(args) => cmd_gc(args),
+        Command::Push(args) => remote::cmd_push(args),
+        Command::Pull(args) => remote::cmd_pull(args),
         Command::Kinds(args) => cmd_kinds(args),
         Command::Index(args) => search::cmd_index(args),
         Command::Search(args) => search::cmd_search(args),
@@ -258,19 +275,13 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, Failure> {
     if opts.jobs == 0 {
         return Err(ConfigError::new(None, "-j must be at least 1").into());
     }
-    let cancel = CancelToken::new();
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second signal while we are shutting down exits at once.
-        signal_hook::flag::register_conditional_shutdown(
-            signal,
-            EXIT_INTERRUPTED as i32,
-            cancel.flag(),
-        )
-        .context("installing signal handlers")?;
-        signal_hook::flag::register(signal, cancel.flag()).context("installing signal handlers")?;
-    }
+    let cancel = cancel_on_signals()?;
     let mut ws = Workspace::open(&pipeline)?;
-    let plan = exec::plan(&pipeline, &mut ws, &opts)?;
+    ws.connect_remote(&pipeline, &args.remote.choice(), opts.progress.reporter())?;
+    let mut plan = exec::plan(&pipeline, &mut ws, &opts)?;
+    if let Some(cache) = &ws.remote {
+        cache.locate(&mut plan, opts.progress.reporter())?;
+    }
     if opts.dry_run {
         print_plan(&pipeline, &plan, json)?;
         return Ok(ExitCode::SUCCESS);
@@ -298,6 +309,21 @@ fn cmd_run(args: RunArgs) -> Result<ExitCode, Failure> {
     })
 }
 
+/// A token that Ctrl-C and SIGTERM set; a second signal exits at once.
+pub(crate) fn cancel_on_signals() -> Result<CancelToken> {
+    let cancel = CancelToken::new();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(
+            signal,
+            EXIT_INTERRUPTED as i32,
+            cancel.flag(),
+        )
+        .context("installing signal handlers")?;
+        signal_hook::flag::register(signal, cancel.flag()).context("installing signal handlers")?;
+    }
+    Ok(cancel)
+}
+
 #[derive(Serialize)]
 struct PlanEntry<'a> {
     name: &'a str,
@@ -306,6 +332,9 @@ struct PlanEntry<'a> {
     action: Action,
     stale: bool,
     reason: &'a str,
+    /// Where a reusable artifact is: `local`, `remote`, or none.
+    #[serde(rename = "where")]
+    location: Option<&'static str>,
 }
 
 fn plan_entries(plan: &exec::Plan) -> Vec<PlanEntry<'_>> {
@@ -320,6 +349,13 @@ fn plan_entries(plan: &exec::Plan) -> Vec<PlanEntry<'_>> {
                 action: p.action,
                 stale: p.action == Action::Run,
                 reason: &p.reason,
+                location: if p.manifest.is_some() {
+                    Some("local")
+                } else if p.on_remote {
+                    Some("remote")
+                } else {
+                    None
+                },
             }
         })
         .collect()
@@ -347,17 +383,32 @@ fn print_plan(pipeline: &Pipeline, plan: &exec::Plan, json: bool) -> Result<()> 
     Ok(())
 }
 
-fn cmd_status(args: PipelineArgs) -> Result<ExitCode, Failure> {
+fn cmd_status(status: StatusArgs) -> Result<ExitCode, Failure> {
+    let args = status.common;
     let pipeline = load(&args)?;
     let mut ws = Workspace::open(&pipeline)?;
-    let plan = exec::plan(&pipeline, &mut ws, &RunOptions::default())?;
+    let reporter = if args.json.json {
+        Progress::JsonLines
+    } else {
+        Progress::Human
+    }
+    .reporter();
+    ws.connect_remote(&pipeline, &status.remote.choice(), reporter)?;
+    let mut plan = exec::plan(&pipeline, &mut ws, &RunOptions::default())?;
+    if let Some(cache) = &ws.remote {
+        cache.locate(&mut plan, reporter)?;
+    }
     let entries = plan_entries(&plan);
     if args.json.json {
         print_json(&json!({"schema": 1, "pipeline": pipeline.path, "stages": entries}))?;
     } else {
         let width = entries.iter().map(|e| e.name.len()).max().unwrap_or(0);
         for e in &entries {
-            let state = if e.stale { "stale" } else { "up to date" };
+            let state = match (e.stale, ws.remote.is_some()) {
+                (true, _) => "stale",
+                (false, false) => "up to date",
+                (false, true) => "up to date (local)",
+            };
             let reason = if e.stale {
                 format!(": {}", e.reason)
             } else {

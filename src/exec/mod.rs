@@ -2,11 +2,13 @@
 //! `stages` kit: [`plan`] (keys, and what to reuse, run or skip, and why),
 //! [`schedule`] (running stages in parallel, publishing, cancellation) and
 //! [`record`] (the outcome of each stage, and the run history read back).
-//! Progress goes through one [`report::Reporter`].
+//! Progress goes through one [`report::Reporter`]; [`remote`] hooks the shared
+//! artifact cache into a run (fetch on a miss, upload after a stage runs).
 
 pub mod explain;
 pub mod plan;
 pub mod record;
+pub mod remote;
 pub mod report;
 pub mod schedule;
 
@@ -89,6 +91,8 @@ pub struct Workspace {
     pub store: Store,
     pub db: Db,
     pub hasher: Hasher,
+    /// The shared artifact cache, once connected ([`Workspace::connect_remote`]).
+    pub remote: Option<remote::RemoteCache>,
 }
 
 impl Workspace {
@@ -96,7 +100,12 @@ impl Workspace {
         let store = Store::open(&pipeline.store)?;
         let db = store.open_db()?;
         let hasher = Hasher::new(&db, vec![pipeline.store.clone()])?;
-        Ok(Workspace { store, db, hasher })
+        Ok(Workspace {
+            store,
+            db,
+            hasher,
+            remote: None,
+        })
     }
 }
 

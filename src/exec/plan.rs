@@ -27,6 +27,8 @@ pub struct PlannedStage {
     /// The artifact's manifest, when a valid one exists for this key.
     pub manifest: Option<Box<Manifest>>,
     pub forced: bool,
+    /// The remote cache holds this key (set by `RemoteCache::locate`).
+    pub on_remote: bool,
 }
 
 /// The plan of a whole pipeline, in topological order of `pipeline.stages` indices.
@@ -114,6 +116,7 @@ pub fn plan(pipeline: &Pipeline, ws: &mut Workspace, opts: &RunOptions) -> Resul
             corrupt,
             manifest,
             forced,
+            on_remote: false,
         });
     }
     let stages: Vec<PlannedStage> = planned

@@ -49,6 +49,25 @@ pub enum Event<'a> {
         error: &'a str,
         log: Option<&'a Path>,
     },
+    /// A missing artifact was downloaded from the remote cache, verified.
+    Fetched {
+        stage: &'a str,
+        key: &'a str,
+        bytes: u64,
+        seconds: f64,
+    },
+    /// A stage's artifact was uploaded (`already`: the remote had it).
+    Pushed {
+        stage: &'a str,
+        bytes: u64,
+        seconds: f64,
+        already: bool,
+    },
+    /// The remote cache failed or held a corrupt artifact; the run goes on.
+    RemoteWarning {
+        stage: Option<&'a str>,
+        message: &'a str,
+    },
 }
 
 /// Where a run's events go; shared by the scheduler's worker threads.
@@ -143,6 +162,32 @@ fn human_line(event: &Event<'_>) -> String {
                 line.push_str(&log_tail(log));
             }
             line
+        }
+        Event::Fetched {
+            stage,
+            bytes,
+            seconds,
+            ..
+        } => format!(
+            "  fetched  {stage} from the remote ({:.1} MB, {seconds:.2}s)",
+            *bytes as f64 / 1e6
+        ),
+        Event::Pushed {
+            stage,
+            already: true,
+            ..
+        } => format!("  pushed   {stage} (already on the remote)"),
+        Event::Pushed {
+            stage,
+            bytes,
+            seconds,
+            ..
+        } => format!(
+            "  pushed   {stage} ({:.1} MB, {seconds:.2}s)",
+            *bytes as f64 / 1e6
+        ),
+        Event::RemoteWarning { stage, message } => {
+            format!("  warning  {}: {message}", stage.unwrap_or("remote"))
         }
     }
 }

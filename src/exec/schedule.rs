@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::record::{finish, read_metrics, record, RunReport, StageResult};
+use super::remote::{self, RemoteCache};
 use super::report::{Event, Reporter};
 use super::{Action, Plan, PlannedStage, RunOptions, Status, Workspace};
 use crate::cancel::{CancelToken, Cancelled};
@@ -20,6 +21,8 @@ use crate::store::{self, ArtifactState, Db, Hasher, Manifest, Store};
 enum Finished {
     Ran(Box<store::Published>, f64, PathBuf),
     CachedByOther(Box<Manifest>),
+    /// Downloaded from the remote cache: bytes, seconds.
+    Fetched(Box<store::Published>, u64, f64),
     Failed(anyhow::Error, f64, Option<PathBuf>),
 }
 
@@ -61,10 +64,12 @@ pub fn execute(
                     reason: &p.reason,
                 });
                 let inputs = run.inputs(&ws.store, i);
-                let (tx, store) = (tx.clone(), &ws.store);
+                let (tx, store, remote) = (tx.clone(), &ws.store, ws.remote.as_ref());
                 let log_name = format!("{run_id}-{}.log", p.name);
                 scope.spawn(move || {
-                    let outcome = run_one(store, p, inputs, pipeline, cancel, &log_name, reporter);
+                    let outcome = run_one(
+                        store, remote, p, inputs, pipeline, cancel, &log_name, reporter,
+                    );
                     let _ = tx.send((i, outcome));
                 });
             }
@@ -270,6 +275,19 @@ impl Scheduler<'_> {
                 r.metrics = manifest.metrics;
                 r
             }
+            Finished::Fetched(published, bytes, secs) => {
+                hasher.remember(published.stamps.clone());
+                self.reporter.report(&Event::Fetched {
+                    stage: &p.name,
+                    key: p.key.as_str(),
+                    bytes,
+                    seconds: secs,
+                });
+                let why = "fetched from the remote".to_string();
+                let mut r = finish(store, p, Status::Cached, secs, why, None);
+                r.metrics = published.manifest.metrics.clone();
+                r
+            }
             Finished::Failed(err, secs, log) => {
                 let interrupted = err.is::<Cancelled>();
                 let status = if interrupted {
@@ -302,8 +320,11 @@ impl Scheduler<'_> {
 }
 
 /// Compute one stage into the store (runs on a worker thread).
+// One more than clippy's limit: the remote cache's two hooks need it.
+#[allow(clippy::too_many_arguments)]
 fn run_one(
     store: &Store,
+    remote: Option<&RemoteCache>,
     p: &PlannedStage,
     inputs: Inputs,
     pipeline: &Pipeline,
@@ -335,6 +356,14 @@ fn run_one(
             return Finished::CachedByOther(m);
         }
     }
+    // The remote cache: a local miss asks it by key.
+    let repair = match remote::fetch_on_miss(remote, store, p, &lock, cancel, reporter) {
+        Ok(remote::Miss::Fetched(published, bytes)) => {
+            return Finished::Fetched(published, bytes, start.elapsed().as_secs_f64())
+        }
+        Ok(remote::Miss::Run { repair }) => repair,
+        Err(e) => return Finished::Failed(e, 0.0, None),
+    };
     let staging = match store.stage_dir(&p.key, &lock) {
         Ok(s) => s,
         Err(e) => return Finished::Failed(e, 0.0, None),
@@ -384,5 +413,12 @@ fn run_one(
         }
     };
     drop(lock);
+    // The remote cache: what ran is uploaded (after the lock, which only guards
+    // computing).
+    if let Finished::Ran(_, secs, log) = &outcome {
+        if let Err(e) = remote::upload_after_run(remote, store, p, repair, cancel, reporter) {
+            return Finished::Failed(e, *secs, Some(log.clone()));
+        }
+    }
     outcome
 }

@@ -18,7 +18,14 @@ pub const DEFAULT_STORE: &str = "artifacts";
 /// Keys every stage table may hold besides its kind's params.
 pub const STAGE_KEYS: &[&str] = &["kind", "uses", "needs", "description"];
 const TOP_KEYS: &[&str] = &["pipeline", "stage"];
-const PIPELINE_KEYS: &[&str] = &["name", "store", "reports", "description"];
+const PIPELINE_KEYS: &[&str] = &[
+    "name",
+    "store",
+    "reports",
+    "description",
+    "remote",
+    "remote_required",
+];
 
 /// Where `uses = "<name>"` finds a template that no `stages/` directory holds: the
 /// built-in kinds' own (the runner passes `stages::BUILTIN`), so this module never
@@ -55,6 +62,18 @@ pub struct Pipeline {
     pub reports: PathBuf,
     pub stages: Vec<StageSpec>,
     pub dag: Dag,
+    /// `[pipeline] remote`: a shared artifact cache (`s3://bucket/prefix`), as
+    /// written; `store::remote` parses it, errors point at its origin.
+    pub remote: Option<RemoteSetting>,
+    /// `[pipeline] remote_required`: a remote that cannot be reached fails the run.
+    pub remote_required: bool,
+}
+
+/// A remote URL with where it was written.
+#[derive(Debug, Clone)]
+pub struct RemoteSetting {
+    pub url: String,
+    pub origin: Origin,
 }
 
 /// One stage as written (after template merge and overrides), before its kind decodes it.
@@ -151,6 +170,7 @@ impl Pipeline {
             normalize(&dir.join(optional_str(header_table, "store")?.unwrap_or(DEFAULT_STORE)));
         let reports =
             normalize(&dir.join(optional_str(header_table, "reports")?.unwrap_or("reports")));
+        let (remote, remote_required) = remote_setting(header_table)?;
 
         let empty = BTreeMap::new();
         let stage_tables = match top.get("stage") {
@@ -232,6 +252,8 @@ impl Pipeline {
             reports,
             stages,
             dag,
+            remote,
+            remote_required,
         })
     }
 
@@ -483,6 +505,28 @@ fn optional_str<'a>(
                 .ok_or_else(|| type_error(node, key, "a string"))
         })
         .transpose()
+}
+
+/// `remote` and `remote_required` from the `[pipeline]` table.
+fn remote_setting(
+    table: &BTreeMap<String, Node>,
+) -> Result<(Option<RemoteSetting>, bool), ConfigError> {
+    let remote = table.get("remote").map(|node| {
+        node.as_str()
+            .map(|url| RemoteSetting {
+                url: url.to_string(),
+                origin: node.origin.clone(),
+            })
+            .ok_or_else(|| type_error(node, "remote", "a string (s3://bucket/prefix)"))
+    });
+    let required = match table.get("remote_required") {
+        None => false,
+        Some(node) => match &node.value {
+            NodeValue::Scalar(toml::Value::Boolean(b)) => *b,
+            _ => return Err(type_error(node, "remote_required", "true or false")),
+        },
+    };
+    Ok((remote.transpose()?, required))
 }
 
 #[cfg(test)]
