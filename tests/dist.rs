@@ -133,11 +133,15 @@ fn the_same_model(a: &str, b: &str) {
 fn two_cpu_ranks_train_the_model_one_process_trains_under_the_same_key() {
     let one = project(1);
     let two = project(2);
-    let key = |p: &Project| {
-        let plan = p.json(&["run", "p.toml", "--dry-run"]);
+    let key = |gpus: &str| {
+        let plan = one.json(&["run", "p.toml", "--dry-run", "--set", gpus]);
         stage(&plan, "train")["key"].as_str().unwrap().to_string()
     };
-    assert_eq!(key(&one), key(&two), "gpus entered the artifact key");
+    assert_eq!(
+        key("train.gpus=1"),
+        key("train.gpus=2"),
+        "gpus entered the artifact key"
+    );
     let single = artifact(&one.json(&["run", "p.toml"]));
     let report = two.json(&["run", "p.toml"]);
     let dual = artifact(&report);
@@ -170,7 +174,10 @@ fn a_rank_that_dies_fails_the_stage_and_a_one_rank_run_resumes_its_checkpoint() 
         "{error}\n{}",
         stderr(&out)
     );
-    let dataset = stage(&report, "dataset")["key"].as_str().unwrap().to_string();
+    let dataset = stage(&report, "dataset")["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(p.artifacts(), vec![dataset], "a failed job published");
 
     // The same key on one rank picks up rank 0's last checkpoint.

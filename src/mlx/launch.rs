@@ -23,6 +23,10 @@ pub const BACKEND_ENV: &str = "XTR_DIST_BACKEND";
 /// How long ranks get to stop after SIGTERM before they are killed.
 const GRACE: Duration = Duration::from_secs(30);
 
+/// How long, after one rank fails, the others get to end on their own (so the
+/// error can tell the rank that crashed from those its crash took down).
+const SETTLE: Duration = Duration::from_secs(2);
+
 /// A distributed job: `ranks` copies of `program args`.
 pub struct Launch {
     pub program: PathBuf,
@@ -91,8 +95,10 @@ fn rank_env(launch: &Launch) -> Result<Vec<Vec<(String, String)>>> {
     match launch.backend {
         Backend::Ring => {
             let ports = free_ports(n)?;
-            let hosts: Vec<Vec<String>> =
-                ports.iter().map(|p| vec![format!("127.0.0.1:{p}")]).collect();
+            let hosts: Vec<Vec<String>> = ports
+                .iter()
+                .map(|p| vec![format!("127.0.0.1:{p}")])
+                .collect();
             std::fs::create_dir_all(&launch.scratch)
                 .with_context(|| format!("creating {}", launch.scratch.display()))?;
             let hostfile = launch.scratch.join("mlx-hostfile.json");
@@ -136,9 +142,7 @@ fn free_ports(n: usize) -> Result<Vec<u16>> {
     let held = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").context("finding a free loopback port"))
         .collect::<Result<Vec<_>>>()?;
-    held.iter()
-        .map(|l| Ok(l.local_addr()?.port()))
-        .collect()
+    held.iter().map(|l| Ok(l.local_addr()?.port())).collect()
 }
 
 /// The rank dies with its launcher, even by SIGKILL (Linux).
@@ -188,14 +192,7 @@ fn watch(children: &mut [Child], logs: &[(File, String)], cancel: &CancelToken) 
             };
             done[rank] = Some(status);
             if !status.success() && term_at.is_none() {
-                kill_all(children);
-                let (log, name) = &logs[rank];
-                bail!(
-                    "rank {rank} of {} {}; the other ranks were stopped{}",
-                    children.len(),
-                    describe(status),
-                    tail(log, name)
-                );
+                return Err(failure(children, &mut done, logs));
             }
         }
         if done.iter().all(Option::is_some) {
@@ -206,6 +203,46 @@ fn watch(children: &mut [Child], logs: &[(File, String)], cancel: &CancelToken) 
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The error for a job one of whose ranks failed. A rank that crashes takes its
+/// peers' collectives down with it, so they fail too, a moment later or
+/// sooner: wait a little for every rank to end on its own, blame the ranks
+/// killed by a signal before those that exited with an error, then stop the rest.
+fn failure(
+    children: &mut [Child],
+    done: &mut [Option<ExitStatus>],
+    logs: &[(File, String)],
+) -> anyhow::Error {
+    let until = Instant::now() + SETTLE;
+    while Instant::now() < until && done.iter().any(Option::is_none) {
+        for (child, status) in children.iter_mut().zip(done.iter_mut()) {
+            if status.is_none() {
+                *status = child.try_wait().ok().flatten();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill_all(children);
+    use std::os::unix::process::ExitStatusExt;
+    let mut failed: Vec<(usize, ExitStatus)> = done
+        .iter()
+        .enumerate()
+        .filter_map(|(rank, s)| s.filter(|s| !s.success()).map(|s| (rank, s)))
+        .collect();
+    failed.sort_by_key(|(rank, s)| (s.signal().is_none(), *rank));
+    let n = children.len();
+    let what: Vec<String> = failed
+        .iter()
+        .map(|(rank, s)| format!("rank {rank} of {n} {}", describe(*s)))
+        .collect();
+    let first = failed.first().map_or(0, |(rank, _)| *rank);
+    let (log, name) = &logs[first];
+    anyhow::anyhow!(
+        "{}; the other ranks were stopped{}",
+        what.join(", then "),
+        tail(log, name)
+    )
 }
 
 fn describe(status: ExitStatus) -> String {

@@ -525,7 +525,10 @@ fn a_process_alone_is_a_group_of_one_whose_collectives_are_identities() -> Resul
     let x = Array::from_slice(&[1.0f32, -2.0, 3.5], &[3])?;
     assert_eq!(vals(&group.all_sum(&x)?), vals(&x));
     assert_eq!(vals(&group.all_gather(&x)?), vals(&x));
-    assert!(distributed::Backend::Ring.is_available()?, "ring is in every MLX wheel");
+    assert!(
+        distributed::Backend::Ring.is_available()?,
+        "ring is in every MLX wheel"
+    );
     Ok(())
 }
 
@@ -538,5 +541,8 @@ fn joining_a_ring_without_its_environment_names_the_variables() {
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
-    assert!(err.contains("MLX_HOSTFILE") && err.contains("MLX_RANK"), "{err}");
+    assert!(
+        err.contains("MLX_HOSTFILE") && err.contains("MLX_RANK"),
+        "{err}"
+    );
 }

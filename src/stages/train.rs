@@ -14,14 +14,14 @@ use serde::{Deserialize, Serialize};
 
 use super::compute::{Compute, ComputeParams, DeviceGuard, Resolved};
 use super::{param_error, Arity, Configured, Dep, InputRole, Kind, Output, Stage, StageContext};
+use crate::cancel::CancelToken;
 use crate::dataset::sources::expand_vars;
 use crate::dataset::PAIRS_FILE;
+use crate::mlx::distributed::{self, Backend};
+use crate::mlx::launch::{self, Launch};
 use crate::model::resolve::{resolve_in, HfCache, ModelSource};
 use crate::pipeline::{ConfigError, StageSpec};
 use crate::progress;
-use crate::cancel::CancelToken;
-use crate::mlx::distributed::{self, Backend};
-use crate::mlx::launch::{self, Launch};
 use crate::train::run::{train, Ranks, TrainConfig, TrainPaths, TrainSummary};
 
 pub const KIND: Kind = Kind {
@@ -333,9 +333,13 @@ impl TrainStage {
             .with_context(|| format!("training on {n} ranks: nothing was published"))?;
         let train_json = ctx.out_dir.join(TRAIN_JSON);
         let text = std::fs::read_to_string(&train_json).with_context(|| {
-            format!("reading {} (rank 0 should have written it)", train_json.display())
+            format!(
+                "reading {} (rank 0 should have written it)",
+                train_json.display()
+            )
         })?;
-        Ok(serde_json::from_str(&text).with_context(|| format!("parsing {}", train_json.display()))?)
+        Ok(serde_json::from_str(&text)
+            .with_context(|| format!("parsing {}", train_json.display()))?)
     }
 }
 
@@ -400,7 +404,11 @@ pub fn run_rank(job: &Path, cancel: &CancelToken) -> Result<()> {
         &mut out,
         &mut |r| {
             if abort_at == Some(r.step) {
-                eprintln!("rank {}: aborting at step {} ({ABORT_ENV})", group.rank(), r.step);
+                eprintln!(
+                    "rank {}: aborting at step {} ({ABORT_ENV})",
+                    group.rank(),
+                    r.step
+                );
                 std::process::abort();
             }
         },

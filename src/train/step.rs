@@ -1107,7 +1107,11 @@ mod tests {
             let b = shard
                 .accumulate_shard(&[(0, batch()), (1, other_batch())], &s, 1e-2, Some(0.5))
                 .unwrap();
-            assert_eq!(host(&whole.params), host(&shard.params), "compile {compile}");
+            assert_eq!(
+                host(&whole.params),
+                host(&shard.params),
+                "compile {compile}"
+            );
             assert_eq!(host(&whole.opt.m), host(&shard.opt.m), "compile {compile}");
             assert_eq!((a.samples, a.grad_norm), (b.samples, b.grad_norm));
             assert!((a.loss - b.loss).abs() < 1e-6, "{} vs {}", a.loss, b.loss);
