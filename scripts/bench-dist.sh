@@ -27,16 +27,21 @@ st = next(s for s in run["stages"] if s["name"] == "train")
 if st["status"] != "ran":
     print(name, st["status"], st.get("error")); sys.exit()
 t = json.load(open(st["artifact"] + "/train.json"))
-rates = [float(m) for m in re.findall(r"^step \d+/\d+ .* ([\d.]+) samples/s", open(st["log"]).read(), re.M)]
+log = open(st["log"]).read()
+rates = [float(m) for m in re.findall(r"^step \d+/\d+ .* ([\d.]+) samples/s", log, re.M)]
 steady = statistics.median(rates[5:]) if len(rates) > 6 else float("nan")
+sync = [float(m) for m in re.findall(r"^step .* sync ([\d.]+) ms", log, re.M)][5:]
 print(json.dumps({"run": name, "ranks": t["ranks"], "batch": t["config"]["batch_size"],
   "grad_accum": t["config"]["grad_accum"], "steps": t["steps"],
   "samples_per_s_run": round(t["samples_per_s"], 1), "samples_per_s_steady": round(steady, 1),
   "sync_share": round(t["sync_seconds"] / max(t["train_seconds"], 1e-9), 4),
+  "sync_ms_median": round(statistics.median(sync), 2) if sync else None,
+  "sync_ms_min": round(min(sync), 2) if sync else None,
   "val_loss": t["val_loss"], "final_loss": t["final_loss"], "stage_seconds": round(st["seconds"], 1)}))
 PY
 }
 "$bin" run "$pipe" --only dataset --json > /tmp/dataset.json 2>/tmp/dataset.err || cat /tmp/dataset.err
 for b in ${BATCHES:-64 256}; do
-  for g in ${GPUS:-1 2}; do one "b${b}-g${g}" "batch_size=$b" "gpus=$g"; done
+  # EXTRA: more train settings for every run (e.g. "max_doc_tokens=64"); TAG names them.
+  for g in ${GPUS:-1 2}; do one "b${b}-g${g}${TAG:-}" "batch_size=$b" "gpus=$g" ${EXTRA:-}; done
 done

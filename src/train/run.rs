@@ -366,7 +366,7 @@ pub fn train(
             val_loss,
             val_accuracy,
         };
-        log_step(log, &record)?;
+        log_step(log, &record, ranks.map(|_| stats.sync_seconds))?;
         on_step(&record);
         run.records.push(record);
         let checkpoint_now =
@@ -586,7 +586,8 @@ impl Checkpoints {
     }
 }
 
-fn log_step(log: &mut dyn Write, r: &StepRecord) -> Result<()> {
+/// One step's log line; `sync`: the seconds this rank spent in the all-sum.
+fn log_step(log: &mut dyn Write, r: &StepRecord, sync: Option<f64>) -> Result<()> {
     write!(
         log,
         "step {}/{} epoch {} loss {:.4} lr {:.3e} grad_norm {:.3} {:.1} samples/s",
@@ -594,6 +595,9 @@ fn log_step(log: &mut dyn Write, r: &StepRecord) -> Result<()> {
     )?;
     if let (Some(l), Some(a)) = (r.val_loss, r.val_accuracy) {
         write!(log, " val_loss {l:.4} val_accuracy {a:.3}")?;
+    }
+    if let Some(s) = sync {
+        write!(log, " sync {:.2} ms", s * 1e3)?;
     }
     writeln!(log)?;
     Ok(())
