@@ -338,8 +338,7 @@ impl TrainStage {
                 train_json.display()
             )
         })?;
-        Ok(serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", train_json.display()))?)
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", train_json.display()))
     }
 }
 
