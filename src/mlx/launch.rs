@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use super::distributed::{Backend, Group};
-use crate::cancel::{CancelToken, Cancelled};
 
 /// The variable through which a rank learns the backend its launcher chose.
 pub const BACKEND_ENV: &str = "XTR_DIST_BACKEND";
@@ -42,10 +41,18 @@ pub struct Launch {
     pub logs: Vec<(File, String)>,
 }
 
-/// Runs `launch` to the end: `Ok` when every rank exited 0; an error naming the
-/// first rank that failed (the others killed); [`Cancelled`] once `cancel` is
-/// set and the ranks have stopped.
-pub fn run(launch: Launch, cancel: &CancelToken) -> Result<()> {
+/// How a job that no rank failed ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Every rank exited 0.
+    Done,
+    /// `cancelled` said so; the ranks were asked to stop (SIGTERM) and have.
+    Stopped,
+}
+
+/// Runs `launch` to the end, polling `cancelled` (a Ctrl-C flag): an error
+/// naming the rank that failed (the others killed), else how it ended.
+pub fn run(launch: Launch, cancelled: &dyn Fn() -> bool) -> Result<Ended> {
     anyhow::ensure!(
         launch.logs.len() == launch.ranks,
         "{} logs for {} ranks",
@@ -73,7 +80,7 @@ pub fn run(launch: Launch, cancel: &CancelToken) -> Result<()> {
             }
         }
     }
-    watch(&mut children, &launch.logs, cancel)
+    watch(&mut children, &launch.logs, cancelled)
 }
 
 /// In a rank: joins the group its launcher set up (the backend named by
@@ -165,12 +172,16 @@ fn die_with_parent(cmd: &mut Command) {
     let _ = cmd;
 }
 
-fn watch(children: &mut [Child], logs: &[(File, String)], cancel: &CancelToken) -> Result<()> {
+fn watch(
+    children: &mut [Child],
+    logs: &[(File, String)],
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Ended> {
     let mut done: Vec<Option<ExitStatus>> = vec![None; children.len()];
     let mut term_at: Option<Instant> = None;
     loop {
         // Cancellation first: a rank that stops for Ctrl-C is not a failure.
-        if cancel.is_cancelled() {
+        if cancelled() {
             match term_at {
                 None => {
                     signal_running(children, &done, libc::SIGTERM);
@@ -178,7 +189,7 @@ fn watch(children: &mut [Child], logs: &[(File, String)], cancel: &CancelToken) 
                 }
                 Some(t) if t.elapsed() > GRACE => {
                     kill_all(children);
-                    return Err(Cancelled.into());
+                    return Ok(Ended::Stopped);
                 }
                 Some(_) => {}
             }
@@ -196,10 +207,10 @@ fn watch(children: &mut [Child], logs: &[(File, String)], cancel: &CancelToken) 
             }
         }
         if done.iter().all(Option::is_some) {
-            return match term_at {
-                Some(_) => Err(Cancelled.into()),
-                None => Ok(()),
-            };
+            return Ok(match term_at {
+                Some(_) => Ended::Stopped,
+                None => Ended::Done,
+            });
         }
         std::thread::sleep(Duration::from_millis(20));
     }

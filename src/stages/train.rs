@@ -329,8 +329,11 @@ impl TrainStage {
             scratch: ctx.work_dir.clone(),
             logs,
         };
-        launch::run(launch, ctx.cancel)
+        let ended = launch::run(launch, &|| ctx.cancel.is_cancelled())
             .with_context(|| format!("training on {n} ranks: nothing was published"))?;
+        if ended == launch::Ended::Stopped {
+            return Err(super::Cancelled.into());
+        }
         let train_json = ctx.out_dir.join(TRAIN_JSON);
         let text = std::fs::read_to_string(&train_json).with_context(|| {
             format!(
