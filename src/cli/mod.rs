@@ -76,6 +76,17 @@ enum Command {
     /// Benchmarks (release builds only give meaningful figures).
     #[command(subcommand)]
     Bench(ml::BenchCommand),
+    /// One rank of a data-parallel stage; started by the stage itself.
+    #[command(hide = true)]
+    Rank(RankArgs),
+}
+
+#[derive(Args)]
+struct RankArgs {
+    /// The stage kind (`train`).
+    kind: String,
+    /// The job file the launching stage wrote.
+    job: PathBuf,
 }
 
 #[derive(Args)]
@@ -224,6 +235,7 @@ pub fn main() -> ExitCode {
         Command::Search(args) => search::cmd_search(args),
         Command::Embed(args) => ml::cmd_embed(args),
         Command::Bench(command) => ml::bench(command),
+        Command::Rank(args) => cmd_rank(args),
     };
     match result {
         Ok(code) => code,
@@ -252,6 +264,33 @@ pub(crate) fn print_json(value: &impl Serialize) -> Result<()> {
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// A token that Ctrl-C / SIGTERM set; a second signal exits at once.
+fn cancel_on_signals() -> Result<CancelToken> {
+    let cancel = CancelToken::new();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(
+            signal,
+            EXIT_INTERRUPTED as i32,
+            cancel.flag(),
+        )
+        .context("installing signal handlers")?;
+        signal_hook::flag::register(signal, cancel.flag()).context("installing signal handlers")?;
+    }
+    Ok(cancel)
+}
+
+fn cmd_rank(args: RankArgs) -> Result<ExitCode, Failure> {
+    let cancel = cancel_on_signals()?;
+    match args.kind.as_str() {
+        "train" => match crate::stages::train::run_rank(&args.job, &cancel) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) if e.is::<crate::stages::Cancelled>() => Ok(ExitCode::from(EXIT_INTERRUPTED)),
+            Err(e) => Err(e.into()),
+        },
+        other => Err(anyhow::anyhow!("no rank entry for kind `{other}`").into()),
+    }
 }
 
 fn cmd_run(args: RunArgs) -> Result<ExitCode, Failure> {

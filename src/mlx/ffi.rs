@@ -31,6 +31,7 @@ pub(crate) mod sys {
         type MxArray;
         type ArrayVec;
         type CompiledFn;
+        type DistGroup;
 
         // lists
         fn vec_new() -> UniquePtr<ArrayVec>;
@@ -238,6 +239,16 @@ pub(crate) mod sys {
         fn gpu_is_available() -> Result<bool>;
         fn device_info(kind: i32) -> Result<Vec<String>>;
         fn synchronize() -> Result<()>;
+
+        fn gpu_count() -> Result<i32>;
+
+        // distributed
+        fn dist_is_available(backend: &str) -> Result<bool>;
+        fn dist_init(backend: &str, strict: bool) -> Result<UniquePtr<DistGroup>>;
+        fn dist_rank(g: &DistGroup) -> Result<i32>;
+        fn dist_size(g: &DistGroup) -> Result<i32>;
+        fn dist_all_sum(a: &MxArray, g: &DistGroup) -> Result<UniquePtr<MxArray>>;
+        fn dist_all_gather(a: &MxArray, g: &DistGroup) -> Result<UniquePtr<MxArray>>;
 
         // BLAS threads (call before any MLX work; see shim.cc)
         fn set_blas_thread_timeout(exponent: i32) -> bool;

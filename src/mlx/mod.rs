@@ -12,12 +12,14 @@
 
 mod array;
 mod device;
+pub mod distributed;
 mod dtype;
 mod error;
 pub mod fast;
 mod ffi;
 pub mod io;
 pub mod kernels;
+pub mod launch;
 pub mod ops;
 pub mod random;
 pub mod transforms;

@@ -362,6 +362,30 @@ int32_t default_device_kind() {
 }
 bool gpu_is_available() { return mx::is_available(mx::Device(mx::Device::gpu)); }
 void synchronize() { mx::synchronize(); }
+int32_t gpu_count() {
+  return gpu_is_available() ? mx::device_count(mx::Device::gpu) : 0;
+}
+
+// ---- distributed ----
+// The backend reads its rank and peers from the environment (MLX_RANK with
+// MLX_HOSTFILE for ring; MLX_RANK, MLX_WORLD_SIZE, NCCL_HOST_IP, NCCL_PORT for
+// nccl). The communication stream is the backend's: ring's is the CPU's,
+// nccl's the GPU's, so no stream is passed here.
+bool dist_is_available(rust::Str backend) {
+  return mx::distributed::is_available(std::string(backend));
+}
+std::unique_ptr<DistGroup> dist_init(rust::Str backend, bool strict) {
+  return std::make_unique<DistGroup>(
+      DistGroup{mx::distributed::init(strict, std::string(backend))});
+}
+int32_t dist_rank(const DistGroup &g) { return g.group.rank(); }
+int32_t dist_size(const DistGroup &g) { return g.group.size(); }
+ArrayPtr dist_all_sum(const array &a, const DistGroup &g) {
+  return std::make_unique<array>(mx::distributed::all_sum(a, g.group));
+}
+ArrayPtr dist_all_gather(const array &a, const DistGroup &g) {
+  return std::make_unique<array>(mx::distributed::all_gather(a, g.group));
+}
 
 // ---- diagnostics ----
 // OpenBLAS's idle workers spin (sched_yield) for 2^28 cycles after each call

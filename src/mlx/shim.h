@@ -43,6 +43,11 @@ struct ArrayVec {
   std::vector<array> items;
 };
 
+// A process group of MLX's distributed API (a handle; copies share the group).
+struct DistGroup {
+  mlx::core::distributed::Group group;
+};
+
 // A compiled function; keeps the Rust closure alive through its captures.
 struct CompiledFn {
   std::function<std::vector<array>(const std::vector<array> &)> fun;
@@ -191,6 +196,16 @@ int32_t default_device_kind();
 bool gpu_is_available();
 rust::Vec<rust::String> device_info(int32_t kind);
 void synchronize();
+
+int32_t gpu_count();
+
+// ---- distributed (mlx::core::distributed) ----
+bool dist_is_available(rust::Str backend);
+std::unique_ptr<DistGroup> dist_init(rust::Str backend, bool strict);
+int32_t dist_rank(const DistGroup &g);
+int32_t dist_size(const DistGroup &g);
+ArrayPtr dist_all_sum(const array &a, const DistGroup &g);
+ArrayPtr dist_all_gather(const array &a, const DistGroup &g);
 
 // ---- BLAS threads ----
 bool set_blas_thread_timeout(int32_t exponent);

@@ -517,3 +517,32 @@ fn safetensors_bytes_do_not_depend_on_metadata_order() -> Result<()> {
     assert_eq!(header.metadata().as_ref().map(|m| m.len()), Some(16));
     Ok(())
 }
+
+#[test]
+fn a_process_alone_is_a_group_of_one_whose_collectives_are_identities() -> Result<()> {
+    let group = distributed::Group::single()?;
+    assert_eq!((group.rank(), group.size()), (0, 1));
+    let x = Array::from_slice(&[1.0f32, -2.0, 3.5], &[3])?;
+    assert_eq!(vals(&group.all_sum(&x)?), vals(&x));
+    assert_eq!(vals(&group.all_gather(&x)?), vals(&x));
+    assert!(
+        distributed::Backend::Ring.is_available()?,
+        "ring is in every MLX wheel"
+    );
+    Ok(())
+}
+
+#[test]
+fn joining_a_ring_without_its_environment_names_the_variables() {
+    if std::env::var_os("MLX_HOSTFILE").is_some() {
+        return; // launched as a rank: the environment is there on purpose
+    }
+    let err = distributed::Group::init(distributed::Backend::Ring)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("MLX_HOSTFILE") && err.contains("MLX_RANK"),
+        "{err}"
+    );
+}

@@ -2,21 +2,27 @@
 //! train split (validation on its eval split), resumable from the checkpoints
 //! it keeps in the store's working directory for its key. The glue around
 //! [`crate::train::run::train`]: params, model resolution before anything runs,
-//! the progress bar.
+//! the progress bar, and with `gpus` > 1 the data-parallel job: one rank
+//! process per GPU (or per CPU rank), started through [`crate::mlx::launch`]
+//! and served by [`run_rank`].
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::compute::{Compute, ComputeParams};
+use super::compute::{Compute, ComputeParams, DeviceGuard, Resolved};
 use super::{param_error, Arity, Configured, Dep, InputRole, Kind, Output, Stage, StageContext};
+use crate::cancel::CancelToken;
 use crate::dataset::sources::expand_vars;
 use crate::dataset::PAIRS_FILE;
+use crate::mlx::distributed::{self, Backend};
+use crate::mlx::launch::{self, Launch};
 use crate::model::resolve::{resolve_in, HfCache, ModelSource};
 use crate::pipeline::{ConfigError, StageSpec};
 use crate::progress;
-use crate::train::run::{train, TrainConfig, TrainPaths};
+use crate::train::run::{train, Ranks, TrainConfig, TrainPaths, TrainSummary};
 
 pub const KIND: Kind = Kind {
     name: "train",
@@ -70,12 +76,39 @@ pub struct Params {
     pub config: TrainConfig,
     #[serde(flatten)]
     pub compute: ComputeParams,
+    /// Data-parallel ranks: a count or "all" (every GPU MLX sees). Not in the
+    /// key: the global batch and its order do not depend on it.
+    #[serde(default)]
+    pub gpus: Gpus,
 }
+
+/// The `gpus` param as written: a count, or a word (only "all" is valid).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Gpus {
+    Count(u64),
+    Word(String),
+}
+
+impl Default for Gpus {
+    fn default() -> Self {
+        Gpus::Count(1)
+    }
+}
+
+/// Overrides the backend the ranks use (`ring` or `nccl`); by default `nccl`
+/// on GPUs (when this MLX has it) and `ring` on the CPU.
+pub const BACKEND_ENV: &str = "XTR_TRAIN_BACKEND";
+
+/// A test hook: `RANK:STEP` makes that rank abort right after that update, as
+/// a crashed rank would.
+pub const ABORT_ENV: &str = "XTR_TEST_RANK_ABORT";
 
 struct TrainStage {
     config: TrainConfig,
     model: ModelSource,
     compute: Compute,
+    ranks: usize,
 }
 
 fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
@@ -84,16 +117,46 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
         return Err(param_error(spec, &[], format!("{e:#}")));
     }
     let compute = Compute::configure(spec, &params.compute)?;
+    let ranks = resolve_gpus(spec, &params.gpus, compute.device)?;
     let model = resolve_model(spec, &params.config.model)?;
     let deps = model_deps(spec, &model);
     let stage = TrainStage {
         config: params.config.clone(),
         model,
         compute,
+        ranks,
     };
-    Ok(Configured::new(spec, &params, stage)?
+    let mut configured = Configured::new(spec, &params, stage)?
         .with_deps(deps)
-        .with_compute(&compute))
+        .with_compute(&compute);
+    if let Some(map) = configured.params.as_object_mut() {
+        map.remove("gpus");
+    }
+    Ok(configured)
+}
+
+/// The number of ranks `gpus` asks for on `device`: on a GPU at most the GPUs
+/// MLX sees ("all": every one); on the CPU that many CPU ranks ("all": one).
+fn resolve_gpus(spec: &StageSpec, gpus: &Gpus, device: Resolved) -> Result<usize, ConfigError> {
+    let seen = match device {
+        Resolved::Gpu => distributed::gpu_count().unwrap_or(0),
+        Resolved::Cpu => 1,
+    };
+    match gpus {
+        Gpus::Word(w) if w == "all" => Ok(seen.max(1)),
+        Gpus::Word(w) => Err(param_error(
+            spec,
+            &["gpus"],
+            format!("gpus must be a count or \"all\", not \"{w}\""),
+        )),
+        Gpus::Count(0) => Err(param_error(spec, &["gpus"], "gpus must be at least 1")),
+        Gpus::Count(n) if device == Resolved::Gpu && *n as usize > seen => Err(param_error(
+            spec,
+            &["gpus"],
+            format!("gpus = {n}, but MLX sees {seen} GPU(s) on this machine; set gpus = \"all\" or at most {seen}"),
+        )),
+        Gpus::Count(n) => Ok(*n as usize),
+    }
 }
 
 /// The `model` param resolved on this machine, or a located error saying
@@ -121,34 +184,39 @@ impl Stage for TrainStage {
     fn run(&self, ctx: &StageContext<'_>) -> Result<()> {
         let pairs = ctx.inputs.one("dataset")?.file(PAIRS_FILE)?;
         let mut log = ctx.log.try_clone()?;
-        let paths = TrainPaths {
-            pairs: &pairs,
-            work_dir: &ctx.work_dir,
-            out_dir: &ctx.out_dir,
+        let summary = if self.ranks > 1 {
+            self.run_ranks(ctx, &pairs)?
+        } else {
+            let paths = TrainPaths {
+                pairs: &pairs,
+                work_dir: &ctx.work_dir,
+                out_dir: &ctx.out_dir,
+            };
+            let bar = progress::bar(ctx.stage, 0, "steps");
+            let mut on_step = |r: &crate::train::checkpoint::StepRecord| {
+                bar.set_length(r.total_steps);
+                bar.set_position(r.step);
+                bar.set_message(format!(
+                    "loss {:.4} {:.1} samples/s",
+                    r.loss, r.samples_per_s
+                ));
+            };
+            let summary = {
+                let _mlx = self.compute.enter()?;
+                train(
+                    &self.config,
+                    &self.model,
+                    self.compute.dtype.dtype(),
+                    &paths,
+                    None,
+                    ctx.cancel,
+                    &mut log,
+                    &mut on_step,
+                )
+            };
+            bar.finish_and_clear();
+            Brief::of(&summary?)
         };
-        let bar = progress::bar(ctx.stage, 0, "steps");
-        let mut on_step = |r: &crate::train::checkpoint::StepRecord| {
-            bar.set_length(r.total_steps);
-            bar.set_position(r.step);
-            bar.set_message(format!(
-                "loss {:.4} {:.1} samples/s",
-                r.loss, r.samples_per_s
-            ));
-        };
-        let summary = {
-            let _mlx = self.compute.enter()?;
-            train(
-                &self.config,
-                &self.model,
-                self.compute.dtype.dtype(),
-                &paths,
-                ctx.cancel,
-                &mut log,
-                &mut on_step,
-            )
-        };
-        bar.finish_and_clear();
-        let summary = summary?;
         // PEFT finds adapter_model.safetensors + adapter_config.json in a directory.
         let peft = ctx.out_dir.join(PEFT_DIR);
         std::fs::create_dir_all(&peft).context("creating peft/")?;
@@ -166,6 +234,200 @@ impl Stage for TrainStage {
         )?;
         Ok(())
     }
+}
+
+/// What the stage's last log line says of a run.
+#[derive(Deserialize)]
+struct Brief {
+    steps: u64,
+    final_loss: f32,
+    samples_per_s: f64,
+}
+
+impl Brief {
+    fn of(s: &TrainSummary) -> Brief {
+        Brief {
+            steps: s.steps,
+            final_loss: s.final_loss,
+            samples_per_s: s.samples_per_s,
+        }
+    }
+}
+
+/// What a rank process is given: everything [`train`] takes, resolved.
+#[derive(Serialize, Deserialize)]
+struct RankJob {
+    config: TrainConfig,
+    /// An absolute model directory, or `t5-base-random`.
+    model: String,
+    device: String,
+    dtype: super::compute::DtypeParam,
+    pairs: PathBuf,
+    work_dir: PathBuf,
+    out_dir: PathBuf,
+}
+
+impl TrainStage {
+    /// Trains as `self.ranks` rank processes of this binary (`xtr-pipe rank
+    /// train JOB`), rank 0's output in the stage log, the others' in the
+    /// working directory; the outputs are rank 0's.
+    fn run_ranks(&self, ctx: &StageContext<'_>, pairs: &Path) -> Result<Brief> {
+        let n = self.ranks;
+        let device = self.compute.device;
+        let backend = rank_backend(device)?;
+        let model = match &self.model {
+            ModelSource::Dir(dir) => std::fs::canonicalize(&dir.root)
+                .with_context(|| format!("locating {}", dir.root.display()))?
+                .to_string_lossy()
+                .into_owned(),
+            ModelSource::RandomT5 => self.model.describe(),
+        };
+        std::fs::create_dir_all(&ctx.work_dir)
+            .with_context(|| format!("creating {}", ctx.work_dir.display()))?;
+        let job = RankJob {
+            config: self.config.clone(),
+            model,
+            device: device.name().to_string(),
+            dtype: self.compute.dtype,
+            pairs: pairs.to_path_buf(),
+            work_dir: ctx.work_dir.clone(),
+            out_dir: ctx.out_dir.clone(),
+        };
+        let job_path = ctx.work_dir.join("rank-job.json");
+        std::fs::write(&job_path, serde_json::to_string_pretty(&job)?)
+            .with_context(|| format!("writing {}", job_path.display()))?;
+        let mut logs = vec![(ctx.log.try_clone()?, "the stage log".to_string())];
+        for rank in 1..n {
+            let path = ctx.work_dir.join(format!("rank-{rank}.log"));
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            logs.push((file, path.display().to_string()));
+        }
+        let mut log = ctx.log.try_clone()?;
+        writeln!(
+            log,
+            "train: {n} ranks on the {} with the {} backend",
+            device.name(),
+            backend.name()
+        )?;
+        let gpus = (device == Resolved::Gpu).then(visible_gpus);
+        let launch = Launch {
+            program: std::env::current_exe().context("locating the xtr-pipe binary")?,
+            args: vec![
+                "rank".to_string(),
+                "train".to_string(),
+                job_path.to_string_lossy().into_owned(),
+            ],
+            ranks: n,
+            backend,
+            gpus,
+            scratch: ctx.work_dir.clone(),
+            logs,
+        };
+        let ended = launch::run(launch, &|| ctx.cancel.is_cancelled())
+            .with_context(|| format!("training on {n} ranks: nothing was published"))?;
+        if ended == launch::Ended::Stopped {
+            return Err(super::Cancelled.into());
+        }
+        let train_json = ctx.out_dir.join(TRAIN_JSON);
+        let text = std::fs::read_to_string(&train_json).with_context(|| {
+            format!(
+                "reading {} (rank 0 should have written it)",
+                train_json.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", train_json.display()))
+    }
+}
+
+/// The ranks' backend: [`BACKEND_ENV`] if set, else nccl on GPUs (ring where
+/// this MLX lacks it) and ring on the CPU.
+fn rank_backend(device: Resolved) -> Result<Backend> {
+    if let Ok(name) = std::env::var(BACKEND_ENV) {
+        return match Backend::parse(&name) {
+            Some(b @ (Backend::Ring | Backend::Nccl)) => Ok(b),
+            _ => anyhow::bail!("{BACKEND_ENV}={name}: expected ring or nccl"),
+        };
+    }
+    Ok(match device {
+        Resolved::Gpu if Backend::Nccl.is_available()? => Backend::Nccl,
+        _ => Backend::Ring,
+    })
+}
+
+/// The GPU ids ranks are given: `CUDA_VISIBLE_DEVICES`'s list when set, else 0, 1, ...
+fn visible_gpus() -> Vec<String> {
+    match std::env::var("CUDA_VISIBLE_DEVICES") {
+        Ok(list) if !list.trim().is_empty() => {
+            list.split(',').map(|s| s.trim().to_string()).collect()
+        }
+        _ => (0..distributed::gpu_count().unwrap_or(0))
+            .map(|i| i.to_string())
+            .collect(),
+    }
+}
+
+/// A rank of a data-parallel train stage (the hidden `xtr-pipe rank train
+/// JOB`): joins the group its launcher set up and trains its share; rank 0
+/// writes the checkpoints and the outputs. Its output is the rank's log.
+pub fn run_rank(job: &Path, cancel: &CancelToken) -> Result<()> {
+    let text =
+        std::fs::read_to_string(job).with_context(|| format!("reading {}", job.display()))?;
+    let job: RankJob =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", job.display()))?;
+    let model = resolve_in(&job.model, Path::new("/"), &HfCache::from_env())
+        .with_context(|| format!("model {}", job.model))?;
+    let device = match job.device.as_str() {
+        "gpu" => Resolved::Gpu,
+        _ => Resolved::Cpu,
+    };
+    let _mlx = DeviceGuard::acquire(device)?;
+    let group = launch::join()?;
+    let ranks = Ranks { group: &group };
+    let abort_at = abort_hook(group.rank())?;
+    let paths = TrainPaths {
+        pairs: &job.pairs,
+        work_dir: &job.work_dir,
+        out_dir: &job.out_dir,
+    };
+    let mut out = std::io::stdout();
+    train(
+        &job.config,
+        &model,
+        job.dtype.dtype(),
+        &paths,
+        Some(&ranks),
+        cancel,
+        &mut out,
+        &mut |r| {
+            if abort_at == Some(r.step) {
+                eprintln!(
+                    "rank {}: aborting at step {} ({ABORT_ENV})",
+                    group.rank(),
+                    r.step
+                );
+                std::process::abort();
+            }
+        },
+    )?;
+    Ok(())
+}
+
+/// The step at which [`ABORT_ENV`] makes this rank abort, if it names this rank.
+fn abort_hook(rank: usize) -> Result<Option<u64>> {
+    let Ok(spec) = std::env::var(ABORT_ENV) else {
+        return Ok(None);
+    };
+    let parsed = spec
+        .split_once(':')
+        .and_then(|(r, s)| Some((r.parse::<usize>().ok()?, s.parse::<u64>().ok()?)));
+    let (r, step) = parsed.with_context(|| format!("{ABORT_ENV}={spec}: expected RANK:STEP"))?;
+    Ok((r == rank).then_some(step))
 }
 
 #[cfg(test)]

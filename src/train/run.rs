@@ -20,9 +20,10 @@ use super::data::{self, Batcher, DataPosition, TextEncoder, TextPair, TokenizeSt
 use super::loss::LossConfig;
 use super::optim::AdamWConfig;
 use super::schedule::{LrSchedule, Schedule};
-use super::step::{Batch, StepConfig, Trainer};
+use super::step::{Batch, Shard, StepConfig, Trainer};
 use crate::cancel::{CancelToken, Cancelled};
-use crate::mlx::{Device, Dtype};
+use crate::mlx::distributed::Group;
+use crate::mlx::{ops, Array, Device, Dtype};
 use crate::model::lora::{save_adapters, LinearLayer};
 use crate::model::resolve::ModelSource;
 use crate::model::LoraConfig;
@@ -191,6 +192,29 @@ pub struct TrainSummary {
     /// Seconds of this attempt's steps spent assembling batches (the data
     /// path's share of the step; tokenization happens before the first step).
     pub data_seconds: f64,
+    /// Processes that trained data-parallel (1: this one alone).
+    pub ranks: usize,
+    /// Seconds of this attempt's steps that rank 0 spent all-summing
+    /// gradients (waiting for the slowest rank included).
+    pub sync_seconds: f64,
+}
+
+/// The data-parallel job a [`train`] call is one rank of: every rank runs the
+/// same loop on its share of each update's micro-batches (micro-batch `i` of
+/// an update goes to rank `i % size`), the gradients are all-summed before
+/// AdamW, validation batches are shared the same way, and rank 0 alone
+/// writes checkpoints and the outputs.
+pub struct Ranks<'a> {
+    pub group: &'a Group,
+}
+
+impl Ranks<'_> {
+    fn rank(&self) -> usize {
+        self.group.rank()
+    }
+    fn size(&self) -> usize {
+        self.group.size()
+    }
 }
 
 /// Trains LoRA adapters for `model` (already resolved, loaded in `dtype` on
@@ -202,12 +226,16 @@ pub struct TrainSummary {
 /// samples_per_s, val_loss, val_accuracy), `train.json` (the summary) and
 /// `metrics.json` (headline numbers). A cancelled run writes a checkpoint and
 /// returns [`Cancelled`]; a non-finite loss stops it with an error naming the
-/// step and keeps the last good checkpoint.
+/// step and keeps the last good checkpoint. With `ranks`, this process is one
+/// rank of a data-parallel job (see [`Ranks`]); only rank 0 writes files, and
+/// a cancelled rank stops every rank at the same update.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     cfg: &TrainConfig,
     model: &ModelSource,
     dtype: Dtype,
     paths: &TrainPaths,
+    ranks: Option<&Ranks>,
     cancel: &CancelToken,
     log: &mut dyn Write,
     on_step: &mut dyn FnMut(&StepRecord),
@@ -235,6 +263,14 @@ pub fn train(
         total_steps,
     };
     let mut trainer = Trainer::new(loaded, step_config(cfg))?;
+    let (rank, size) = ranks.map_or((0, 1), |r| (r.rank(), r.size()));
+    let leader = rank == 0;
+    if size > 1 {
+        writeln!(
+            log,
+            "train: rank {rank} of {size}: micro-batches i % {size} == {rank} of each update"
+        )?;
+    }
     writeln!(
         log,
         "train: {} pairs ({} eval), {} batches of {} per epoch, {} epochs, {total_steps} updates of {} x {}, {} trainable params",
@@ -247,14 +283,20 @@ pub fn train(
         cfg.batch_size,
         trainer.trainable()
     )?;
-    let mut ckpt = Checkpoints::new(paths.work_dir, cfg, dtype)?;
+    let mut ckpt = Checkpoints::new(paths.work_dir, cfg, dtype, leader)?;
     let (mut run, resumed_from) = ckpt.resume(&mut trainer, total_steps, log)?;
 
     let clip = (cfg.grad_clip > 0.0).then_some(cfg.grad_clip);
     let mut session = Session::default();
     let mut micro_cache = EpochCache::default();
+    // With ranks, a cancelled rank is heard by all at the next update's all-sum.
+    let mut stop_agreed = false;
     while run.step < total_steps {
-        if cancel.is_cancelled() {
+        let stop_now = match ranks {
+            Some(_) => stop_agreed,
+            None => cancel.is_cancelled(),
+        };
+        if stop_now {
             if ckpt.saved_step != Some(run.step) {
                 ckpt.save(&run, &trainer)?;
             }
@@ -268,18 +310,35 @@ pub fn train(
         }
         let started = Instant::now();
         let first = run.step * cfg.grad_accum as u64;
-        let micro = (first..first + cfg.grad_accum as u64)
-            .map(|g| micro_cache.batch(&stream, g))
-            .collect::<Result<Vec<Batch>>>()?;
+        let mine = (0..cfg.grad_accum)
+            .filter(|i| i % size == rank)
+            .map(|i| Ok((i, micro_cache.batch(&stream, first + i as u64)?)))
+            .collect::<Result<Vec<(usize, Batch)>>>()?;
         session.data_seconds += started.elapsed().as_secs_f64();
         let lr = schedule.lr(run.step);
-        let stats = trainer.accumulate_step(&micro, lr, clip).with_context(|| {
+        let stats = match ranks {
+            None => {
+                let micro: Vec<Batch> = mine.into_iter().map(|(_, b)| b).collect();
+                trainer.accumulate_step(&micro, lr, clip)
+            }
+            Some(r) => {
+                let shard = Shard {
+                    group: r.group,
+                    count: cfg.grad_accum,
+                    stop: cancel.is_cancelled(),
+                };
+                trainer.accumulate_shard(&mine, &shard, lr, clip)
+            }
+        }
+        .with_context(|| {
             format!(
                 "step {} of {total_steps}: training stopped; {}",
                 run.step + 1,
                 ckpt.kept()
             )
         })?;
+        stop_agreed = stats.stop;
+        session.sync_seconds += stats.sync_seconds;
         let seconds = started.elapsed().as_secs_f64();
         session.seconds += seconds;
         session.samples += stats.samples;
@@ -291,7 +350,7 @@ pub fn train(
             || (cfg.eval_every > 0 && run.step.is_multiple_of(cfg.eval_every));
         let (val_loss, val_accuracy) = match (&data.eval_set, validate_now) {
             (Some(set), true) => {
-                let (l, a) = validate(&trainer, set)?;
+                let (l, a) = validate(&trainer, set, ranks)?;
                 (Some(l), Some(a))
             }
             _ => (None, None),
@@ -307,10 +366,12 @@ pub fn train(
             val_loss,
             val_accuracy,
         };
-        log_step(log, &record)?;
+        log_step(log, &record, ranks.map(|_| stats.sync_seconds))?;
         on_step(&record);
         run.records.push(record);
-        if run.step.is_multiple_of(cfg.checkpoint_every) || run.step == total_steps {
+        let checkpoint_now =
+            run.step.is_multiple_of(cfg.checkpoint_every) || run.step == total_steps;
+        if leader && checkpoint_now {
             // A finite loss can still leave overflowed adapters behind: never
             // let them replace the last good checkpoint.
             ensure!(
@@ -348,8 +409,12 @@ pub fn train(
         wall_seconds: wall.elapsed().as_secs_f64(),
         samples_per_s: session.samples as f64 / session.seconds.max(1e-9),
         data_seconds: session.data_seconds,
+        ranks: size,
+        sync_seconds: session.sync_seconds,
     };
-    write_outputs(paths.out_dir, &trainer, &summary, &run.records)?;
+    if leader {
+        write_outputs(paths.out_dir, &trainer, &summary, &run.records)?;
+    }
     Ok(summary)
 }
 
@@ -375,6 +440,7 @@ struct Session {
     seconds: f64,
     samples: usize,
     data_seconds: f64,
+    sync_seconds: f64,
 }
 
 /// The tokenized train split as a batcher, and the eval split's batches.
@@ -435,10 +501,12 @@ struct Checkpoints {
     identity: serde_json::Value,
     /// The step of the checkpoint on disk, if any.
     saved_step: Option<u64>,
+    /// Whether this process writes checkpoints (rank 0 of a job does; the others read).
+    writes: bool,
 }
 
 impl Checkpoints {
-    fn new(work_dir: &Path, cfg: &TrainConfig, dtype: Dtype) -> Result<Checkpoints> {
+    fn new(work_dir: &Path, cfg: &TrainConfig, dtype: Dtype, writes: bool) -> Result<Checkpoints> {
         std::fs::create_dir_all(work_dir)
             .with_context(|| format!("creating {}", work_dir.display()))?;
         // Parsed from its text, as the checkpoint's copy is, so floats compare exactly.
@@ -447,6 +515,7 @@ impl Checkpoints {
             path: checkpoint::path_in(work_dir),
             identity: serde_json::from_str(&identity.to_string())?,
             saved_step: None,
+            writes,
         })
     }
 
@@ -493,6 +562,9 @@ impl Checkpoints {
     }
 
     fn save(&mut self, run: &RunState, trainer: &Trainer) -> Result<()> {
+        if !self.writes {
+            return Ok(());
+        }
         let ckpt = Checkpoint {
             run: run.clone(),
             trainer: trainer.state(),
@@ -514,7 +586,8 @@ impl Checkpoints {
     }
 }
 
-fn log_step(log: &mut dyn Write, r: &StepRecord) -> Result<()> {
+/// One step's log line; `sync`: the seconds this rank spent in the all-sum.
+fn log_step(log: &mut dyn Write, r: &StepRecord, sync: Option<f64>) -> Result<()> {
     write!(
         log,
         "step {}/{} epoch {} loss {:.4} lr {:.3e} grad_norm {:.3} {:.1} samples/s",
@@ -522,6 +595,9 @@ fn log_step(log: &mut dyn Write, r: &StepRecord) -> Result<()> {
     )?;
     if let (Some(l), Some(a)) = (r.val_loss, r.val_accuracy) {
         write!(log, " val_loss {l:.4} val_accuracy {a:.3}")?;
+    }
+    if let Some(s) = sync {
+        write!(log, " sync {:.2} ms", s * 1e3)?;
     }
     writeln!(log)?;
     Ok(())
@@ -559,14 +635,27 @@ fn eval_batches(
     Ok(Some(batches))
 }
 
-/// Mean loss and in-batch accuracy over `set`.
-fn validate(trainer: &Trainer, set: &[Batch]) -> Result<(f32, f32)> {
+/// Mean loss and in-batch accuracy over `set` (with ranks: batch `i` on rank
+/// `i % size`, the sums all-summed).
+fn validate(trainer: &Trainer, set: &[Batch], ranks: Option<&Ranks>) -> Result<(f32, f32)> {
+    let (rank, size) = ranks.map_or((0, 1), |r| (r.rank(), r.size()));
     let (mut loss, mut correct, mut queries) = (0.0f64, 0usize, 0usize);
-    for b in set {
+    for b in set.iter().skip(rank).step_by(size) {
         let e = trainer.evaluate(b).context("validating")?;
         loss += f64::from(e.loss);
         correct += e.correct;
         queries += e.queries;
+    }
+    if let Some(r) = ranks {
+        let local = Array::from_slice(&[loss as f32, correct as f32, queries as f32], &[3])?;
+        let total = r
+            .group
+            .all_sum(&local)
+            .context("all-summing the validation over the ranks")?;
+        let total = ops::as_dtype(&total, Dtype::Float32)?.to_vec::<f32>()?;
+        loss = f64::from(total[0]);
+        correct = total[1].round() as usize;
+        queries = total[2].round() as usize;
     }
     Ok((
         (loss / set.len().max(1) as f64) as f32,

@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 
 use super::loss::{retrieval_loss, LossConfig};
 use super::optim::{self, AdamW, AdamWConfig};
+use crate::mlx::distributed::Group;
 use crate::mlx::{self, ops, random, value_and_grad, Array, Compiled};
 use crate::model::lora::{apply_lora, lora_params, set_lora_params};
 use crate::model::{Ctx, LoraConfig, MultiVectorModel};
@@ -361,12 +362,126 @@ impl Trainer {
 /// What one optimizer update over accumulated micro-batches did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct UpdateStats {
-    /// Mean loss over the micro-batches.
+    /// Mean loss over the micro-batches (of every rank).
     pub loss: f32,
     /// Global L2 norm of the averaged gradient, before clipping.
     pub grad_norm: f32,
-    /// Query-document pairs seen.
+    /// Query-document pairs seen (by every rank).
     pub samples: usize,
+    /// Seconds this rank spent in the all-sum (waiting for the others included).
+    pub sync_seconds: f64,
+    /// Whether some rank asked to stop ([`Shard::stop`]) during this update.
+    pub stop: bool,
+}
+
+/// How an update is shared among the ranks of a data-parallel job.
+pub struct Shard<'a> {
+    pub group: &'a Group,
+    /// The update's micro-batches over all ranks.
+    pub count: usize,
+    /// This rank wants the job to stop after this update (it was cancelled);
+    /// every rank learns it through [`UpdateStats::stop`] at the same update.
+    pub stop: bool,
+}
+
+/// One rank's loss sum and pairs, before they are summed over the ranks.
+#[derive(Default)]
+struct Local {
+    loss_sum: f64,
+    samples: usize,
+}
+
+impl Local {
+    fn add(&mut self, loss: f32, batch: &Batch) -> Result<()> {
+        anyhow::ensure!(loss.is_finite(), "the loss is {loss}");
+        self.loss_sum += f64::from(loss);
+        self.samples += batch.query_ids.dim(0).unwrap_or(0) as usize;
+        Ok(())
+    }
+
+    /// The gradient sums and these totals summed over the shard's ranks (as
+    /// they are without one), in one all-sum of one flat buffer.
+    fn reduce(self, sum: Vec<Array>, shard: Option<&Shard>) -> Result<(Vec<Array>, Total)> {
+        let Some(shard) = shard else {
+            return Ok((
+                sum,
+                Total {
+                    local: self,
+                    sync_seconds: 0.0,
+                    stop: false,
+                },
+            ));
+        };
+        let started = Instant::now();
+        let extra = Array::from_slice(
+            &[
+                self.loss_sum as f32,
+                self.samples as f32,
+                f32::from(u8::from(shard.stop)),
+            ],
+            &[3],
+        )?;
+        let mut flat = sum
+            .iter()
+            .map(|g| g.as_dtype(mlx::Dtype::Float32)?.reshape(&[-1]))
+            .collect::<mlx::Result<Vec<_>>>()?;
+        flat.push(extra);
+        let total = shard
+            .group
+            .all_sum(&ops::concatenate_axis(&flat, 0)?)
+            .context("all-summing the gradients over the ranks")?;
+        let mut out = Vec::with_capacity(sum.len());
+        let mut at = 0i32;
+        for g in &sum {
+            let len = g.size() as i32;
+            out.push(
+                ops::slice(&total, &[at], &[at + len], &[1])?
+                    .reshape(g.shape())?
+                    .as_dtype(g.dtype())?,
+            );
+            at += len;
+        }
+        let tail = ops::slice(&total, &[at], &[at + 3], &[1])?;
+        mlx::eval(out.iter().chain([&tail]))?;
+        let tail = tail.to_vec::<f32>()?;
+        Ok((
+            out,
+            Total {
+                local: Local {
+                    loss_sum: f64::from(tail[0]),
+                    samples: tail[1].round() as usize,
+                },
+                sync_seconds: started.elapsed().as_secs_f64(),
+                stop: tail[2] > 0.0,
+            },
+        ))
+    }
+}
+
+/// The update's loss sum and pairs over every rank.
+struct Total {
+    local: Local,
+    sync_seconds: f64,
+    stop: bool,
+}
+
+impl Total {
+    fn stats(&self, count: usize, grad_norm: f32) -> UpdateStats {
+        UpdateStats {
+            loss: (self.local.loss_sum / count as f64) as f32,
+            grad_norm,
+            samples: self.local.samples,
+            sync_seconds: self.sync_seconds,
+            stop: self.stop,
+        }
+    }
+}
+
+fn zeros_like(arrays: &[Array]) -> Result<Vec<Array>> {
+    Ok(arrays
+        .iter()
+        .map(|p| ops::zeros_dtype(p.shape(), p.dtype()))
+        .collect::<mlx::Result<Vec<_>>>()?)
 }
 
 /// Loss and in-batch accuracy on a batch, dropout off, no update.
@@ -396,7 +511,12 @@ impl Trainer {
     pub fn gradients(&mut self, batch: &Batch) -> Result<(f32, Vec<Array>)> {
         let (dropout_key, next) = random::split2(&self.key)?;
         self.key = next;
-        let key = self.cfg.train_dropout.then_some(&dropout_key);
+        self.gradients_with(batch, &dropout_key)
+    }
+
+    /// [`Trainer::gradients`] with the dropout key given.
+    fn gradients_with(&mut self, batch: &Batch, dropout_key: &Array) -> Result<(f32, Vec<Array>)> {
+        let key = self.cfg.train_dropout.then_some(dropout_key);
         let inputs = [
             &batch.query_ids,
             &batch.query_mask,
@@ -408,6 +528,17 @@ impl Trainer {
         set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
         mlx::eval(grads.iter().chain([&loss]))?;
         Ok((loss.item::<f32>()?, grads))
+    }
+
+    /// The dropout keys of the next `count` micro-batches (the key moves past them).
+    fn next_keys(&mut self, count: usize) -> Result<Vec<Array>> {
+        let mut keys = Vec::with_capacity(count);
+        for _ in 0..count {
+            let (dropout_key, next) = random::split2(&self.key)?;
+            self.key = next;
+            keys.push(dropout_key);
+        }
+        Ok(keys)
     }
 
     /// One AdamW update at rate `lr` from the mean gradient of `micro`
@@ -424,18 +555,53 @@ impl Trainer {
         clip: Option<f32>,
     ) -> Result<UpdateStats> {
         anyhow::ensure!(!micro.is_empty(), "no micro-batches to train on");
+        let mine: Vec<(usize, &Batch)> = micro.iter().enumerate().collect();
+        self.update(&mine, micro.len(), None, lr, clip)
+    }
+
+    /// This rank's part of a data-parallel [`Trainer::accumulate_step`]: `micro`
+    /// holds the micro-batches `(index in the update, batch)` that fell to this
+    /// rank. Their gradient sum is all-summed over `shard.group` and divided
+    /// by `shard.count` (the update's micro-batches over all ranks), so every
+    /// rank makes the same update as one process given all of them would, up
+    /// to the order of float additions: the dropout key of micro-batch `i` is
+    /// the `i`-th of the update whatever rank draws it.
+    pub fn accumulate_shard(
+        &mut self,
+        micro: &[(usize, Batch)],
+        shard: &Shard,
+        lr: f32,
+        clip: Option<f32>,
+    ) -> Result<UpdateStats> {
+        anyhow::ensure!(shard.count > 0, "no micro-batches to train on");
+        anyhow::ensure!(
+            micro.iter().all(|(i, _)| *i < shard.count),
+            "a micro-batch index is past the update's {}",
+            shard.count
+        );
+        let mine: Vec<(usize, &Batch)> = micro.iter().map(|(i, b)| (*i, b)).collect();
+        self.update(&mine, shard.count, Some(shard), lr, clip)
+    }
+
+    fn update(
+        &mut self,
+        micro: &[(usize, &Batch)],
+        count: usize,
+        shard: Option<&Shard>,
+        lr: f32,
+        clip: Option<f32>,
+    ) -> Result<UpdateStats> {
+        let keys = self.next_keys(count)?;
         if let Some(fns) = self.accum.take() {
-            let stats = self.accumulate_compiled(&fns, micro, lr, clip);
+            let stats = self.accumulate_compiled(&fns, micro, &keys, shard, lr, clip);
             self.accum = Some(fns);
             return stats;
         }
         let mut sum: Option<Vec<Array>> = None;
-        let (mut loss_sum, mut samples) = (0.0f64, 0usize);
-        for batch in micro {
-            let (loss, grads) = self.gradients(batch)?;
-            anyhow::ensure!(loss.is_finite(), "the loss is {loss}");
-            loss_sum += f64::from(loss);
-            samples += batch.query_ids.dim(0).unwrap_or(0) as usize;
+        let mut local = Local::default();
+        for (i, batch) in micro {
+            let (loss, grads) = self.gradients_with(batch, &keys[*i])?;
+            local.add(loss, batch)?;
             sum = Some(match sum {
                 None => grads,
                 Some(acc) => {
@@ -450,9 +616,13 @@ impl Trainer {
                 }
             });
         }
-        let mut grads = sum.context("no gradients")?;
-        if micro.len() > 1 {
-            let n = Array::from_f32(micro.len() as f32);
+        let sum = match sum {
+            Some(s) => s,
+            None => zeros_like(&self.params)?,
+        };
+        let (mut grads, total) = local.reduce(sum, shard)?;
+        if count > 1 {
+            let n = Array::from_f32(count as f32);
             grads = grads
                 .iter()
                 .map(|g| g.divide(&n))
@@ -474,11 +644,7 @@ impl Trainer {
         mlx::eval(self.params.iter().chain(self.opt.state()))?;
         set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
         self.steps += 1;
-        Ok(UpdateStats {
-            loss: (loss_sum / micro.len() as f64) as f32,
-            grad_norm,
-            samples,
-        })
+        Ok(total.stats(count, grad_norm))
     }
 
     /// [`Trainer::accumulate_step`] through three compiled graphs: loss and
@@ -487,23 +653,23 @@ impl Trainer {
     fn accumulate_compiled(
         &mut self,
         fns: &AccumFns,
-        micro: &[Batch],
+        micro: &[(usize, &Batch)],
+        keys: &[Array],
+        shard: Option<&Shard>,
         lr: f32,
         clip: Option<f32>,
     ) -> Result<UpdateStats> {
         let n = self.params.len();
         let mut sum = fns.zeros.clone();
-        let (mut loss_sum, mut samples) = (0.0f64, 0usize);
-        for batch in micro {
-            let (dropout_key, next) = random::split2(&self.key)?;
-            self.key = next;
+        let mut local = Local::default();
+        for (i, batch) in micro {
             let mut inputs: Vec<Array> = self.params.iter().chain(&sum).cloned().collect();
             inputs.extend([
                 batch.query_ids.clone(),
                 batch.query_mask.clone(),
                 batch.doc_ids.clone(),
                 batch.doc_mask.clone(),
-                dropout_key,
+                keys[*i].clone(),
             ]);
             let out = fns
                 .grads
@@ -517,12 +683,11 @@ impl Trainer {
             mlx::eval(&out)?;
             let mut out = out.into_iter();
             let loss = out.next().context("the loss")?.item::<f32>()?;
-            anyhow::ensure!(loss.is_finite(), "the loss is {loss}");
-            loss_sum += f64::from(loss);
-            samples += batch.query_ids.dim(0).unwrap_or(0) as usize;
+            local.add(loss, batch)?;
             sum = out.collect();
         }
-        let inv_n = 1.0 / micro.len() as f32;
+        let (sum, total) = local.reduce(sum, shard)?;
+        let inv_n = 1.0 / keys.len() as f32;
         let mut norm_in = sum.clone();
         norm_in.push(Array::from_f32(inv_n));
         let grad_norm = fns
@@ -556,11 +721,7 @@ impl Trainer {
         self.opt.v = out.collect();
         set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
         self.steps += 1;
-        Ok(UpdateStats {
-            loss: (loss_sum / micro.len() as f64) as f32,
-            grad_norm,
-            samples,
-        })
+        Ok(total.stats(keys.len(), grad_norm))
     }
 
     /// Loss and in-batch accuracy on `batch` (dropout off, parameters unchanged).
@@ -924,6 +1085,38 @@ mod tests {
             &adamw_from(&start, &scaled, 5e-3),
         );
         assert!(d < 1e-7, "clipped update differs by {d}");
+    }
+
+    /// A shard that holds every micro-batch of the update, in a group of one,
+    /// goes through the all-sum path (flatten, concatenate, split back) and
+    /// must make exactly the unsharded update, in either execution mode.
+    #[test]
+    fn a_shard_holding_the_whole_update_is_exactly_the_unsharded_step() {
+        let group = mlx::distributed::Group::single().unwrap();
+        for compile in [false, true] {
+            let mut whole = trainer(compile);
+            let mut shard = trainer(compile);
+            let a = whole
+                .accumulate_step(&[batch(), other_batch()], 1e-2, Some(0.5))
+                .unwrap();
+            let s = Shard {
+                group: &group,
+                count: 2,
+                stop: true,
+            };
+            let b = shard
+                .accumulate_shard(&[(0, batch()), (1, other_batch())], &s, 1e-2, Some(0.5))
+                .unwrap();
+            assert_eq!(
+                host(&whole.params),
+                host(&shard.params),
+                "compile {compile}"
+            );
+            assert_eq!(host(&whole.opt.m), host(&shard.opt.m), "compile {compile}");
+            assert_eq!((a.samples, a.grad_norm), (b.samples, b.grad_norm));
+            assert!((a.loss - b.loss).abs() < 1e-6, "{} vs {}", a.loss, b.loss);
+            assert!(b.stop, "the stop request did not come back");
+        }
     }
 
     #[test]

@@ -141,6 +141,7 @@ fn run(
         &s.model,
         Dtype::Float32,
         &paths,
+        None,
         cancel,
         &mut Vec::new(),
         on_step,
@@ -361,6 +362,7 @@ fn a_tokenizer_larger_than_the_model_vocabulary_is_refused() {
         &ModelSource::Dir(dir),
         Dtype::Float32,
         &paths,
+        None,
         &CancelToken::new(),
         &mut Vec::new(),
         &mut |_| {},
@@ -458,6 +460,7 @@ fn bench_train_loop_against_the_step() {
         &source,
         Dtype::Float32,
         &paths,
+        None,
         &CancelToken::new(),
         &mut std::io::sink(),
         &mut |r| {

@@ -1,0 +1,193 @@
+//! Data-parallel training through the real launch: `gpus = 2` on the CPU runs
+//! two rank processes of the binary joined by MLX's ring backend over
+//! loopback, each training on its share of every update, gradients all-summed.
+
+mod common;
+
+use common::{stage, stderr, Project};
+
+const MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/tiny_bert_words"
+);
+
+/// Python sources whose docstrings and bodies use the fixture's words.
+fn write_sources(p: &Project, n: usize) {
+    let word = |i: usize| format!("w{}", 2 + i % 98);
+    for i in 0..n {
+        let (a, b) = (word(i * 3), word(i * 7 + 1));
+        let text = format!(
+            "def f{i}(x):\n    \"\"\"{a} {b} of the input.\"\"\"\n    return \"{a} {} {b}\"\n",
+            word(i * 5 + 2)
+        );
+        p.file(&format!("src/pkg/m{i}.py"), &text);
+    }
+}
+
+/// dataset -> train on `gpus` ranks: 4 updates of 2 micro-batches of 4 pairs
+/// (one micro-batch per rank at 2), a checkpoint after every update, dropout on.
+fn project(gpus: u32) -> Project {
+    let p = Project::new();
+    write_sources(&p, 48);
+    p.file(
+        "p.toml",
+        &format!(
+            r#"[pipeline]
+name = "dist"
+
+[stage.dataset]
+kind = "dataset"
+sources = [{{ lang = "python", path = "src" }}]
+split = {{ train = 0.8, eval = 0.2, test = 0.0 }}
+drop_tests = false
+
+[stage.train]
+uses = "train"
+needs = ["dataset"]
+model = "{MODEL}"
+gpus = {gpus}
+batch_size = 4
+grad_accum = 2
+epochs = 10
+max_steps = 4
+warmup_steps = 1
+lr = 1e-3
+checkpoint_every = 1
+eval_every = 2
+eval_batches = 3
+max_query_tokens = 16
+max_doc_tokens = 32
+device = "cpu"
+"#
+        ),
+    );
+    p
+}
+
+fn artifact(report: &serde_json::Value) -> String {
+    stage(report, "train")["artifact"]
+        .as_str()
+        .expect("a train artifact")
+        .to_string()
+}
+
+/// Every tensor of an adapters file, by name, as f32.
+fn adapters(dir: &str) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(format!("{dir}/adapters.safetensors")).expect("adapters");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut out: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            let v = t
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            (name, v)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Largest |a - b| over all adapter values, and the largest |a|.
+fn max_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> (f32, f32) {
+    assert_eq!(
+        a.iter().map(|t| &t.0).collect::<Vec<_>>(),
+        b.iter().map(|t| &t.0).collect::<Vec<_>>()
+    );
+    let (mut diff, mut scale) = (0.0f32, 0.0f32);
+    for ((_, x), (_, y)) in a.iter().zip(b) {
+        for (u, v) in x.iter().zip(y) {
+            diff = diff.max((u - v).abs());
+            scale = scale.max(u.abs());
+        }
+    }
+    (diff, scale)
+}
+
+fn train_json(dir: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(format!("{dir}/train.json")).unwrap()).unwrap()
+}
+
+fn the_same_model(a: &str, b: &str) {
+    let (diff, scale) = max_diff(&adapters(a), &adapters(b));
+    assert!(scale > 0.0, "empty adapters");
+    // One process adds ((g0 + g1)), two all-sum g0 + g1: float order only.
+    assert!(
+        diff <= 1e-5 * scale.max(1.0),
+        "adapters differ by {diff} (largest value {scale})"
+    );
+    let (la, lb) = (train_json(a), train_json(b));
+    let val = |j: &serde_json::Value| j["val_loss"].as_f64().expect("a val_loss");
+    assert!(
+        (val(&la) - val(&lb)).abs() <= 1e-4 * val(&la).abs().max(1.0),
+        "validation losses differ: {} vs {}",
+        val(&la),
+        val(&lb)
+    );
+}
+
+#[test]
+fn two_cpu_ranks_train_the_model_one_process_trains_under_the_same_key() {
+    let one = project(1);
+    let two = project(2);
+    let key = |gpus: &str| {
+        let plan = one.json(&["run", "p.toml", "--dry-run", "--set", gpus]);
+        stage(&plan, "train")["key"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        key("train.gpus=1"),
+        key("train.gpus=2"),
+        "gpus entered the artifact key"
+    );
+    let single = artifact(&one.json(&["run", "p.toml"]));
+    let report = two.json(&["run", "p.toml"]);
+    let dual = artifact(&report);
+    the_same_model(&single, &dual);
+    assert_eq!(train_json(&dual)["ranks"], 2);
+    assert_eq!(train_json(&single)["ranks"], 1);
+    let log = std::fs::read_to_string(stage(&report, "train")["log"].as_str().unwrap()).unwrap();
+    assert!(
+        log.contains("2 ranks on the cpu with the ring backend"),
+        "{log}"
+    );
+    assert!(log.contains("rank 0 of 2"), "{log}");
+}
+
+#[test]
+fn a_rank_that_dies_fails_the_stage_and_a_one_rank_run_resumes_its_checkpoint() {
+    let p = project(2);
+    let out = p
+        .command(&["run", "p.toml", "--json"])
+        .env("XTR_TEST_RANK_ABORT", "1:2")
+        .output()
+        .expect("run xtr-pipe");
+    assert!(!out.status.success(), "the stage survived a dead rank");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let train = stage(&report, "train");
+    assert_eq!(train["status"], "failed", "{report}");
+    let error = train["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("rank 1 of 2") && error.contains("nothing was published"),
+        "{error}\n{}",
+        stderr(&out)
+    );
+    let dataset = stage(&report, "dataset")["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(p.artifacts(), vec![dataset], "a failed job published");
+
+    // The same key on one rank picks up rank 0's last checkpoint.
+    let resumed = p.json(&["run", "p.toml", "--set", "train.gpus=1"]);
+    let dir = artifact(&resumed);
+    let summary = train_json(&dir);
+    assert!(
+        summary["resumed_from"].as_u64().is_some_and(|s| s >= 1),
+        "did not resume: {summary}"
+    );
+    let reference = project(1);
+    the_same_model(&artifact(&reference.json(&["run", "p.toml"])), &dir);
+}
