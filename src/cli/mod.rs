@@ -266,21 +266,6 @@ pub(crate) fn print_json(value: &impl Serialize) -> Result<()> {
     Ok(())
 }
 
-/// A token that Ctrl-C / SIGTERM set; a second signal exits at once.
-fn cancel_on_signals() -> Result<CancelToken> {
-    let cancel = CancelToken::new();
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(
-            signal,
-            EXIT_INTERRUPTED as i32,
-            cancel.flag(),
-        )
-        .context("installing signal handlers")?;
-        signal_hook::flag::register(signal, cancel.flag()).context("installing signal handlers")?;
-    }
-    Ok(cancel)
-}
-
 fn cmd_rank(args: RankArgs) -> Result<ExitCode, Failure> {
     let cancel = cancel_on_signals()?;
     match args.kind.as_str() {
