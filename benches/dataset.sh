@@ -51,11 +51,11 @@ PY
 }
 echo "== cold: new store, every source file hashed for the key"
 start=$(date +%s.%N)
-./target/release/xtr-pipe run "$work/bench.toml" --json > "$work/run.json"
+"${CARGO_TARGET_DIR:-target}/release/xtr-pipe" run "$work/bench.toml" --json > "$work/run.json"
 end=$(date +%s.%N)
 report "$work/run.json" "$start" "$end"
 echo "== warm file-hash cache: a param changed (seed), sources unchanged"
 start=$(date +%s.%N)
-./target/release/xtr-pipe run "$work/bench.toml" --set data.seed=1 --json > "$work/run2.json"
+"${CARGO_TARGET_DIR:-target}/release/xtr-pipe" run "$work/bench.toml" --set data.seed=1 --json > "$work/run2.json"
 end=$(date +%s.%N)
 report "$work/run2.json" "$start" "$end"

@@ -14,7 +14,7 @@ steps=${2:-6}
 cargo build --release --quiet
 data=$(mktemp /tmp/xtr-profile.XXXXXX)
 trap 'rm -f "$data"' EXIT
-perf record -q -F 499 -o "$data" -- ./target/release/xtr-pipe bench train-step \
+perf record -q -F 499 -o "$data" -- "${CARGO_TARGET_DIR:-target}/release/xtr-pipe" bench train-step \
   --model "$model" --batch 12 --qlen 32 --dlen 128 --steps "$steps" 2>&1 | grep samples/s
 perf report -i "$data" --stdio --no-children -g none -s dso,sym 2>/dev/null | awk '
   /^ +[0-9.]+%/ {

