@@ -10,6 +10,7 @@ pub mod record;
 pub mod report;
 pub mod schedule;
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -21,6 +22,7 @@ pub use report::Progress;
 pub use schedule::execute;
 
 use crate::pipeline::{ConfigError, Override, Pipeline};
+use crate::store::listing::FileChanges;
 use crate::store::{Db, GcReport, Hasher, Store};
 
 /// How to run a pipeline; none of these enter any key.
@@ -89,6 +91,10 @@ pub struct Workspace {
     pub store: Store,
     pub db: Db,
     pub hasher: Hasher,
+    /// Tree digests whose listings are known to be stored (checked once a run).
+    pub stored_trees: HashSet<String>,
+    /// How a dep's files changed, by (old digest, new digest), for `status`.
+    pub tree_changes: HashMap<(String, String), Option<FileChanges>>,
 }
 
 impl Workspace {
@@ -96,7 +102,13 @@ impl Workspace {
         let store = Store::open(&pipeline.store)?;
         let db = store.open_db()?;
         let hasher = Hasher::new(&db, vec![pipeline.store.clone()])?;
-        Ok(Workspace { store, db, hasher })
+        Ok(Workspace {
+            store,
+            db,
+            hasher,
+            stored_trees: HashSet::new(),
+            tree_changes: HashMap::new(),
+        })
     }
 }
 

@@ -17,6 +17,7 @@
 pub mod db;
 pub mod hashing;
 pub mod key;
+pub mod listing;
 
 use std::fs::{File, TryLockError};
 use std::io::Write;
