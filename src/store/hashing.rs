@@ -318,9 +318,13 @@ impl Hasher {
         self.fresh.get_mut().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Write the hashes computed so far back to the cache.
+    /// Write the hashes computed so far back to the cache, in key order (rows
+    /// appended to the table's B-tree rather than inserted all over it: 1M fresh
+    /// entries cost seconds less). The sort is stable, so of two entries for one
+    /// file the later wins.
     pub fn flush(&mut self, db: &mut Db) -> Result<()> {
-        let fresh = std::mem::take(self.fresh_mut());
+        let mut fresh = std::mem::take(self.fresh_mut());
+        fresh.sort_by_key(|e| e.0);
         db.store_file_hashes(&fresh)
     }
 
