@@ -5,16 +5,15 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use crate::store::{Db, Recipe};
+use crate::store::listing::FileChanges;
+use crate::store::Recipe;
 
-/// Listing of a tree: relative path -> content hash.
-pub type Listing = BTreeMap<String, String>;
-
-/// Describe why `now` differs from `before`; `listing` finds a tree's file list by digest.
+/// Describe why `now` differs from `before`; `changes(old digest, new digest)`
+/// says how a dep's files changed, when both listings are known.
 pub fn explain(
     before: &Recipe,
     now: &Recipe,
-    listing: &dyn Fn(&str) -> Option<Listing>,
+    changes: &mut dyn FnMut(&str, &str) -> Option<FileChanges>,
 ) -> Vec<String> {
     let mut reasons = Vec::new();
     if before.kind != now.kind {
@@ -43,7 +42,7 @@ pub fn explain(
     for (path, digest) in &now.files {
         match before.files.get(path) {
             Some(old) if old == digest => {}
-            Some(old) => reasons.push(file_changes(path, listing(old), listing(digest))),
+            Some(old) => reasons.push(file_changes(path, changes(old, digest))),
             None => reasons.push(format!("dep {path} added")),
         }
     }
@@ -107,25 +106,19 @@ fn show(value: &Value) -> String {
     }
 }
 
-fn file_changes(path: &str, before: Option<Listing>, now: Option<Listing>) -> String {
-    let (Some(before), Some(now)) = (before, now) else {
+fn file_changes(path: &str, changes: Option<FileChanges>) -> String {
+    let Some(c) = changes else {
         return format!("files under {path} changed");
     };
-    if before.len() == 1 && now.len() == 1 && before.contains_key("") && now.contains_key("") {
+    if c.single_file {
         return format!("file {path} changed");
     }
-    let modified = now
-        .iter()
-        .filter(|(p, h)| before.get(*p).is_some_and(|old| old != *h))
-        .count();
-    let added = now.keys().filter(|p| !before.contains_key(*p)).count();
-    let removed = before.keys().filter(|p| !now.contains_key(*p)).count();
-    let total = modified + added + removed;
+    let total = c.modified + c.added + c.removed;
     let mut parts = Vec::new();
     for (n, what) in [
-        (modified, "modified"),
-        (added, "added"),
-        (removed, "removed"),
+        (c.modified, "modified"),
+        (c.added, "added"),
+        (c.removed, "removed"),
     ] {
         if n > 0 {
             parts.push(format!("{n} {what}"));
@@ -133,13 +126,6 @@ fn file_changes(path: &str, before: Option<Listing>, now: Option<Listing>) -> St
     }
     let noun = if total == 1 { "file" } else { "files" };
     format!("{total} {noun} changed under {path} ({})", parts.join(", "))
-}
-
-/// Look a tree listing up in the database.
-pub fn db_listing(db: &Db, digest: &str) -> Option<Listing> {
-    let text = db.tree(digest).ok()??;
-    let pairs: Vec<(String, String)> = serde_json::from_str(&text).ok()?;
-    Some(pairs.into_iter().collect())
 }
 
 #[cfg(test)]
@@ -161,7 +147,7 @@ mod tests {
     fn names_changed_params_by_dotted_path() {
         let before = recipe(json!({"lora": {"r": 8, "alpha": 16}, "lr": 0.001}));
         let now = recipe(json!({"lora": {"r": 16, "alpha": 16}, "seed": 1}));
-        let reasons = explain(&before, &now, &|_| None);
+        let reasons = explain(&before, &now, &mut |_, _| None);
         assert_eq!(
             reasons,
             vec![
@@ -178,19 +164,16 @@ mod tests {
         before.files.insert("src".into(), "d1".into());
         let mut now = before.clone();
         now.files.insert("src".into(), "d2".into());
-        let listing = |d: &str| -> Option<Listing> {
-            let pairs: &[(&str, &str)] = match d {
-                "d1" => &[("a", "1"), ("b", "2"), ("c", "3")],
-                _ => &[("a", "1"), ("b", "9"), ("d", "4")],
-            };
-            Some(
-                pairs
-                    .iter()
-                    .map(|(p, h)| (p.to_string(), h.to_string()))
-                    .collect(),
-            )
+        let mut changes = |a: &str, b: &str| {
+            assert_eq!((a, b), ("d1", "d2"));
+            Some(FileChanges {
+                modified: 1,
+                added: 1,
+                removed: 1,
+                single_file: false,
+            })
         };
-        let reasons = explain(&before, &now, &listing);
+        let reasons = explain(&before, &now, &mut changes);
         assert_eq!(
             reasons,
             vec!["3 files changed under src (1 modified, 1 added, 1 removed)"]

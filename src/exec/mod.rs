@@ -12,6 +12,7 @@ pub mod remote;
 pub mod report;
 pub mod schedule;
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -23,6 +24,7 @@ pub use report::Progress;
 pub use schedule::execute;
 
 use crate::pipeline::{ConfigError, Override, Pipeline};
+use crate::store::listing::FileChanges;
 use crate::store::{Db, GcReport, Hasher, Store};
 
 /// How to run a pipeline; none of these enter any key.
@@ -93,6 +95,10 @@ pub struct Workspace {
     pub hasher: Hasher,
     /// The shared artifact cache, once connected ([`Workspace::connect_remote`]).
     pub remote: Option<remote::RemoteCache>,
+    /// Tree digests whose listings are known to be stored (checked once a run).
+    pub stored_trees: HashSet<String>,
+    /// How a dep's files changed, by (old digest, new digest), for `status`.
+    pub tree_changes: HashMap<(String, String), Option<FileChanges>>,
 }
 
 impl Workspace {
@@ -105,6 +111,8 @@ impl Workspace {
             db,
             hasher,
             remote: None,
+            stored_trees: HashSet::new(),
+            tree_changes: HashMap::new(),
         })
     }
 }

@@ -3,12 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::Context;
-
 use super::{explain, Action, PlanError, RunOptions, Workspace};
 use crate::pipeline::{ConfigError, Pipeline};
 use crate::stages::{self, Configured, Kind, Stage, UpstreamStage};
-use crate::store::{ArtifactKey, ArtifactState, Manifest, Recipe};
+use crate::store::{listing, ArtifactKey, ArtifactState, Manifest, Recipe};
 
 /// One stage of a plan.
 pub struct PlannedStage {
@@ -188,12 +186,10 @@ fn hash_deps(
             )
             .into());
         }
+        // Walked once per run and shared by every stage that declares it.
         let tree = ws.hasher.tree(&dep.path)?;
-        if !ws.db.has_tree(&tree.digest)? {
-            ws.db.store_tree(
-                &tree.digest,
-                &serde_json::to_string(&tree.files).context("encoding a tree")?,
-            )?;
+        if ws.stored_trees.insert(tree.digest.clone()) {
+            listing::store(&ws.db, &tree)?;
         }
         files.insert(dep.name.clone(), tree.digest);
     }
@@ -246,10 +242,12 @@ fn selection(
     }
 }
 
-/// Why a stage with no artifact for its key must run, in words.
+/// Why a stage with no artifact for its key must run, in words. How a dep's
+/// files changed is worked out once per pair of listings, however many stages
+/// declare the dep.
 fn staleness(
     pipeline: &Pipeline,
-    ws: &Workspace,
+    ws: &mut Workspace,
     stage: &str,
     recipe: &Recipe,
 ) -> anyhow::Result<String> {
@@ -264,7 +262,14 @@ fn staleness(
     else {
         return Ok("no record of its last inputs".to_string());
     };
-    let reasons = explain::explain(&before, recipe, &|d| explain::db_listing(&ws.db, d));
+    let Workspace {
+        db, tree_changes, ..
+    } = ws;
+    let reasons = explain::explain(&before, recipe, &mut |a, b| {
+        *tree_changes
+            .entry((a.to_string(), b.to_string()))
+            .or_insert_with(|| listing::changes(db, a, b).ok().flatten())
+    });
     Ok(if reasons.is_empty() {
         "artifact missing from the store".to_string()
     } else {

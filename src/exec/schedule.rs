@@ -256,7 +256,7 @@ impl Scheduler<'_> {
         let p = &self.plan.stages[i];
         let r = match outcome {
             Finished::Ran(published, secs, log) => {
-                hasher.remember(published.stamps.clone());
+                hasher.remember(&published.stamps);
                 self.reporter.report(&Event::Ran {
                     stage: &p.name,
                     seconds: secs,

@@ -114,6 +114,9 @@ impl Stage for CmdStage {
         let mut child = command.spawn().context("cannot start `sh`")?;
         let pgid = child.id() as i32;
         let mut killed_at: Option<Instant> = None;
+        // Polled (a blocking wait would not see Ctrl-C): every millisecond at
+        // first, so a quick command is not kept waiting, backing off to 10 ms.
+        let mut pause = Duration::from_millis(1);
         loop {
             if let Some(status) = child.try_wait()? {
                 if killed_at.is_some() {
@@ -141,7 +144,8 @@ impl Stage for CmdStage {
                     Some(_) => {}
                 }
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
         }
     }
 }

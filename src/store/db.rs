@@ -1,5 +1,6 @@
 //! The store's embedded database (SQLite): the file-hash cache, dependency-tree
-//! listings (so `status` can say which files changed), and the run history.
+//! listings (so `status` can say which files changed; one row per distinct
+//! directory, see [`super::listing`]), and the run history.
 
 use std::path::Path;
 
@@ -45,11 +46,10 @@ pub struct Db {
 }
 
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS file_hashes(
-    path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
-    ctime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, hash BLOB NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS trees(digest TEXT PRIMARY KEY, listing TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS file_cache(key INTEGER PRIMARY KEY, entry BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tree_nodes(node BLOB PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tree_roots(digest TEXT PRIMARY KEY, node BLOB NOT NULL) WITHOUT ROWID;
+DROP TABLE IF EXISTS trees;
 CREATE TABLE IF NOT EXISTS runs(
     id INTEGER PRIMARY KEY, pipeline TEXT NOT NULL, name TEXT NOT NULL, pid INTEGER NOT NULL,
     started REAL NOT NULL, finished REAL, status TEXT NOT NULL
@@ -69,96 +69,155 @@ impl Db {
             .with_context(|| format!("opening database {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(60))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Keep the WAL file when the last connection closes (emptied, not deleted):
+        // every run would otherwise delete it and create it again.
+        conn.file_control(
+            Some(rusqlite::MAIN_DB),
+            rusqlite::FileControl::PersistWal(&mut 1),
+        )?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // Reading the file-hash cache dominates a no-op run: map the file instead of pread.
         conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("initialising database {}", path.display()))?;
-        Ok(Db { conn })
+        let db = Db { conn };
+        db.migrate_file_hashes()
+            .with_context(|| format!("upgrading database {}", path.display()))?;
+        Ok(db)
     }
 
-    /// Every cached file hash (loaded once per process; a few MB for 100k files).
-    pub fn load_file_hashes(&self) -> Result<Vec<(String, FileStamp, [u8; 32])>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT path, size, mtime_ns, ctime_ns, inode, hash FROM file_hashes")?;
-        let rows = stmt.query_map([], |r| {
-            let hash: Vec<u8> = r.get(5)?;
-            Ok((
-                r.get::<_, String>(0)?,
-                FileStamp {
-                    size: r.get::<_, i64>(1)? as u64,
-                    mtime_ns: r.get(2)?,
-                    ctime_ns: r.get(3)?,
-                    inode: r.get::<_, i64>(4)? as u64,
-                },
-                hash,
-            ))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (path, stamp, hash) = row?;
-            if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
-                out.push((path, stamp, hash));
+    /// Stores written by earlier versions kept the cache as one row per path
+    /// (text): carry the entries over to `file_cache`, once.
+    fn migrate_file_hashes(&self) -> Result<()> {
+        let old: bool = self.conn.query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'file_hashes'",
+            [],
+            |r| r.get::<_, i64>(0).map(|n| n > 0),
+        )?;
+        if !old {
+            return Ok(());
+        }
+        self.in_transaction(|db| {
+            let mut entries = Vec::new();
+            {
+                let mut stmt = db.conn.prepare(
+                    "SELECT path, size, mtime_ns, ctime_ns, inode, hash FROM file_hashes",
+                )?;
+                let mut rows = stmt.query([])?;
+                while let Some(r) = rows.next()? {
+                    let Ok(hash) = <[u8; 32]>::try_from(r.get_ref(5)?.as_blob()?) else {
+                        continue;
+                    };
+                    let stamp = FileStamp {
+                        size: r.get::<_, i64>(1)? as u64,
+                        mtime_ns: r.get(2)?,
+                        ctime_ns: r.get(3)?,
+                        inode: r.get::<_, i64>(4)? as u64,
+                    };
+                    entries.push((path_key(r.get_ref(0)?.as_str()?), stamp, hash));
+                }
+            }
+            db.insert_file_hashes(&entries)?;
+            db.conn.execute_batch("DROP TABLE file_hashes")?;
+            Ok(())
+        })
+    }
+
+    /// Call `f(path key, stamp, hash)` on every cached file hash (read once per
+    /// process: fixed-size rows under an integer key, a few MB for 100k files).
+    pub fn for_each_file_hash(&self, mut f: impl FnMut(u64, FileStamp, &[u8; 32])) -> Result<()> {
+        let mut stmt = self.conn.prepare("SELECT key, entry FROM file_cache")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let key = r.get::<_, i64>(0)? as u64;
+            if let Some((stamp, hash)) = decode_entry(r.get_ref(1)?.as_blob()?) {
+                f(key, stamp, hash);
             }
         }
-        Ok(out)
+        Ok(())
     }
 
-    pub fn store_file_hashes(&mut self, entries: &[(String, FileStamp, [u8; 32])]) -> Result<()> {
+    pub fn file_hash_count(&self) -> Result<usize> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM file_cache", [], |r| {
+                r.get::<_, i64>(0)
+            })? as usize)
+    }
+
+    /// Keep `(path key, stamp, hash)` entries (one transaction).
+    pub fn store_file_hashes(&mut self, entries: &[(u64, FileStamp, [u8; 32])]) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
-        let tx = self.conn.transaction()?;
-        {
-            let mut stmt = tx.prepare(
-                "INSERT OR REPLACE INTO file_hashes(path, size, mtime_ns, ctime_ns, inode, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            for (path, s, hash) in entries {
-                stmt.execute(params![
-                    path,
-                    s.size as i64,
-                    s.mtime_ns,
-                    s.ctime_ns,
-                    s.inode as i64,
-                    &hash[..]
-                ])?;
-            }
+        self.in_transaction(|db| db.insert_file_hashes(entries))
+    }
+
+    fn insert_file_hashes(&self, entries: &[(u64, FileStamp, [u8; 32])]) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("INSERT OR REPLACE INTO file_cache(key, entry) VALUES (?1, ?2)")?;
+        for (key, stamp, hash) in entries {
+            stmt.execute(params![*key as i64, &encode_entry(stamp, hash)[..]])?;
         }
-        tx.commit()?;
         Ok(())
     }
 
-    pub fn store_tree(&self, digest: &str, listing: &str) -> Result<()> {
-        self.conn.execute(
-            "INSERT OR IGNORE INTO trees(digest, listing) VALUES (?1, ?2)",
-            params![digest, listing],
-        )?;
-        Ok(())
-    }
-
+    /// Whether the listing of the tree with this digest is stored.
     pub fn has_tree(&self, digest: &str) -> Result<bool> {
+        Ok(self.tree_root(digest)?.is_some())
+    }
+
+    /// The root directory node of the tree with this digest.
+    pub fn tree_root(&self, digest: &str) -> Result<Option<[u8; 32]>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT node FROM tree_roots WHERE digest = ?1")?;
+        let node: Option<Vec<u8>> = stmt.query_row([digest], |r| r.get(0)).optional()?;
+        Ok(node.and_then(|n| <[u8; 32]>::try_from(n.as_slice()).ok()))
+    }
+
+    pub fn put_tree_root(&self, digest: &str, node: &[u8; 32]) -> Result<()> {
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO tree_roots(digest, node) VALUES (?1, ?2)")?
+            .execute(params![digest, &node[..]])?;
+        Ok(())
+    }
+
+    pub fn has_tree_node(&self, node: &[u8; 32]) -> Result<bool> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT 1 FROM trees WHERE digest = ?1",
-                [digest],
-                |_| Ok(()),
-            )
+            .prepare_cached("SELECT 1 FROM tree_nodes WHERE node = ?1")?
+            .query_row([&node[..]], |_| Ok(()))
             .optional()?
             .is_some())
     }
 
-    pub fn tree(&self, digest: &str) -> Result<Option<String>> {
+    pub fn put_tree_node(&self, node: &[u8; 32], body: &[u8]) -> Result<()> {
+        self.conn
+            .prepare_cached("INSERT OR IGNORE INTO tree_nodes(node, body) VALUES (?1, ?2)")?
+            .execute(params![&node[..], body])?;
+        Ok(())
+    }
+
+    /// The encoded entries of one directory node.
+    pub fn tree_node(&self, node: &[u8; 32]) -> Result<Option<Vec<u8>>> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT listing FROM trees WHERE digest = ?1",
-                [digest],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT body FROM tree_nodes WHERE node = ?1")?
+            .query_row([&node[..]], |r| r.get(0))
             .optional()?)
+    }
+
+    /// Run `f` in one immediate transaction, rolled back if it fails.
+    pub fn in_transaction<T>(&self, f: impl FnOnce(&Db) -> Result<T>) -> Result<T> {
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
+        let out = f(self)?;
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Group the following writes into one transaction, until [`Db::commit`].
@@ -282,6 +341,54 @@ impl Db {
     }
 }
 
+/// The file-hash cache's key for a path: a stable 64-bit hash of its bytes
+/// (stored, so it must never change; a collision only costs re-hashing a file,
+/// since an entry is used only when the file's stat fields match it).
+pub fn path_key(path: &str) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let bytes = path.as_bytes();
+    let mut h = 0x243f_6a88_85a3_08d3 ^ bytes.len() as u64;
+    let mut step = |w: u64| h = (h ^ w).wrapping_mul(K).rotate_left(29);
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        step(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+    }
+    let rest = words.remainder();
+    if !rest.is_empty() {
+        let mut w = [0u8; 8];
+        w[..rest.len()].copy_from_slice(rest);
+        step(u64::from_le_bytes(w));
+    }
+    // murmur3's finaliser: every input bit reaches every output bit.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+fn encode_entry(stamp: &FileStamp, hash: &[u8; 32]) -> [u8; 64] {
+    let mut out = [0u8; 64];
+    out[0..8].copy_from_slice(&stamp.size.to_le_bytes());
+    out[8..16].copy_from_slice(&stamp.mtime_ns.to_le_bytes());
+    out[16..24].copy_from_slice(&stamp.ctime_ns.to_le_bytes());
+    out[24..32].copy_from_slice(&stamp.inode.to_le_bytes());
+    out[32..].copy_from_slice(hash);
+    out
+}
+
+fn decode_entry(entry: &[u8]) -> Option<(FileStamp, &[u8; 32])> {
+    let entry: &[u8; 64] = entry.try_into().ok()?;
+    let word = |i: usize| <[u8; 8]>::try_from(&entry[i * 8..i * 8 + 8]).expect("8 bytes");
+    let stamp = FileStamp {
+        size: u64::from_le_bytes(word(0)),
+        mtime_ns: i64::from_le_bytes(word(1)),
+        ctime_ns: i64::from_le_bytes(word(2)),
+        inode: u64::from_le_bytes(word(3)),
+    };
+    Some((stamp, entry[32..].try_into().ok()?))
+}
+
 fn stage_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StageRecord> {
     Ok(StageRecord {
         stage: r.get(0)?,
@@ -294,4 +401,57 @@ fn stage_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<StageRecord> {
         metrics: r.get(7)?,
         error: r.get(8)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys are stored: the function must give these values forever.
+    #[test]
+    fn path_keys_are_stable() {
+        let got: Vec<u64> = ["", "/a", "/work/src/d001/file-00001.txt"]
+            .iter()
+            .map(|p| path_key(p))
+            .collect();
+        assert_eq!(got, PINNED);
+        assert_ne!(path_key("/src/a"), path_key("/src/b"));
+    }
+
+    const PINNED: [u64; 3] = [
+        8848935107335307795,
+        4504919938315650301,
+        8459066399362048422,
+    ];
+
+    #[test]
+    fn a_cache_of_an_earlier_version_is_carried_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE file_hashes(
+                path TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+                ctime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, hash BLOB NOT NULL
+            ) WITHOUT ROWID;
+            INSERT INTO file_hashes VALUES ('/src/a', 5, 10, 11, 12, zeroblob(32));",
+        )
+        .unwrap();
+        drop(conn);
+        let db = Db::open(&path).unwrap();
+        let mut got = Vec::new();
+        db.for_each_file_hash(|k, s, h| got.push((k, s, *h)))
+            .unwrap();
+        let stamp = FileStamp {
+            size: 5,
+            mtime_ns: 10,
+            ctime_ns: 11,
+            inode: 12,
+        };
+        assert_eq!(got, [(path_key("/src/a"), stamp, [0u8; 32])]);
+        drop(db);
+        // Once: the old table is gone.
+        let db = Db::open(&path).unwrap();
+        assert_eq!(db.file_hash_count().unwrap(), 1);
+    }
 }

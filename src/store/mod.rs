@@ -17,6 +17,7 @@
 pub mod db;
 pub mod hashing;
 pub mod key;
+pub mod listing;
 pub mod remote;
 
 use std::fs::{File, TryLockError};
