@@ -345,7 +345,7 @@ pub fn pull(
         }
         let t = match remote.download(store, &artifact, &lock, &bar, cancel) {
             Ok(published) => {
-                hasher.remember(published.stamps);
+                hasher.remember(&published.stamps);
                 transfer(stage, &key, "pulled", artifact.bytes(), None)
             }
             Err(RemoteError::Local(e)) if e.is::<Cancelled>() => return Err(e),

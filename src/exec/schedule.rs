@@ -276,7 +276,7 @@ impl Scheduler<'_> {
                 r
             }
             Finished::Fetched(published, bytes, secs) => {
-                hasher.remember(published.stamps.clone());
+                hasher.remember(&published.stamps);
                 self.reporter.report(&Event::Fetched {
                     stage: &p.name,
                     key: p.key.as_str(),
