@@ -80,7 +80,7 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
             return Err(param_error(spec, &["sources", &index], format!("{e:#}")));
         }
         // The resolved roots: adding or editing a source file reruns the stage.
-        deps.extend(resolved.iter().map(|r| Dep::source_root(spec, i, &r.path)));
+        deps.extend(resolved.iter().map(|r| Dep::source_root(spec, i, r)));
         roots.push(resolved);
     }
     deps.sort_by(|a, b| a.name.cmp(&b.name));

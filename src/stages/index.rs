@@ -117,9 +117,9 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
         Some(m) => Some(resolve_model(spec, m)?),
         None => None,
     };
-    let mut deps = model
-        .as_ref()
-        .map_or_else(Vec::new, |m| model_deps(spec, m));
+    let mut deps = model.as_ref().map_or_else(Vec::new, |m| {
+        model_deps(spec, params.model.as_deref().unwrap_or(""), m)
+    });
     let (roots, source_deps) = resolve_sources(spec, &params.sources)?;
     deps.extend(source_deps);
     let stage = IndexStage {
@@ -153,7 +153,7 @@ fn resolve_sources(
                 None => format!("{}/", root.display),
             };
             if !deps.iter().any(|d| d.path == root.path) {
-                deps.push(Dep::source_root(spec, i, &root.path));
+                deps.push(Dep::source_root(spec, i, &root));
             }
             roots.push(SourceRoot {
                 path: root.path,

@@ -53,6 +53,27 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
     Configured::new(spec, &params, MergeStage)
 }
 
+/// The base model a train artifact adapted: its `model` param as written,
+/// resolved on this machine (keys do not depend on where a model is, so the
+/// artifact may have been trained from a copy elsewhere), else the directory
+/// the training recorded.
+fn base_model(summary: &serde_json::Value, pipeline_dir: &std::path::Path) -> Result<ModelDir> {
+    if let Some(written) = summary["config"]["model"].as_str() {
+        if let Ok(expanded) = crate::dataset::sources::expand_vars(written) {
+            let cache = crate::model::resolve::HfCache::from_env();
+            if let Ok(crate::model::resolve::ModelSource::Dir(dir)) =
+                crate::model::resolve::resolve_in(&expanded, pipeline_dir, &cache)
+            {
+                return Ok(dir);
+            }
+        }
+    }
+    let recorded = summary["model"]
+        .as_str()
+        .context("it names no base model (`model`)")?;
+    ModelDir::open(recorded).with_context(|| format!("opening `{recorded}`"))
+}
+
 impl Stage for MergeStage {
     fn run(&self, ctx: &StageContext<'_>) -> Result<()> {
         let input = ctx.inputs.one("adapters")?;
@@ -63,13 +84,11 @@ impl Stage for MergeStage {
                 .with_context(|| format!("reading {}", summary_path.display()))?,
         )
         .with_context(|| format!("{} is not JSON", summary_path.display()))?;
-        let base = summary["model"]
-            .as_str()
-            .with_context(|| format!("{} names no base model (`model`)", summary_path.display()))?;
-        let base = ModelDir::open(base).with_context(|| {
+        let base = base_model(&summary, ctx.pipeline_dir).with_context(|| {
             format!(
-                "the base model `{base}` that `{}` trained (a random model cannot be merged)",
-                input.stage
+                "the base model that `{}` trained (named in {}; a random model cannot be merged)",
+                input.stage,
+                summary_path.display()
             )
         })?;
         let mut log = ctx.log.try_clone()?;
@@ -100,5 +119,34 @@ impl Stage for MergeStage {
         )
         .context("writing merge.json")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A train artifact made where the model was elsewhere: the base is found by
+    /// the `model` param as written, on this machine.
+    #[test]
+    fn the_base_model_is_resolved_as_written_before_the_recorded_path() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let summary = serde_json::json!({
+            "config": {"model": "tiny_bert"},
+            "model": "/elsewhere/on/another/machine/tiny_bert",
+        });
+        let base = base_model(&summary, &fixtures).unwrap();
+        assert_eq!(base.root, fixtures.join("tiny_bert"));
+        // Written relative to a pipeline elsewhere: the recorded directory.
+        let summary = serde_json::json!({
+            "config": {"model": "no/such/model_dir"},
+            "model": fixtures.join("tiny_bert").to_string_lossy(),
+        });
+        assert_eq!(
+            base_model(&summary, &fixtures).unwrap().root,
+            fixtures.join("tiny_bert")
+        );
+        let summary = serde_json::json!({"config": {"model": "no/such/model_dir"}});
+        assert!(base_model(&summary, &fixtures).is_err());
     }
 }

@@ -53,10 +53,15 @@ pub trait Stage: Send + Sync {
 }
 
 /// A file or directory whose contents enter a stage's key.
+///
+/// The key sees its name and its contents' digest, never where it is: the name
+/// is the path as written in the pipeline (variables unexpanded, relative to the
+/// pipeline file), so two checkouts at different places, or two machines whose
+/// `${VAR}`s point at different directories holding the same files, compute the
+/// same keys.
 #[derive(Debug, Clone)]
 pub struct Dep {
-    /// How the key names it: the path as the stage resolved it (for `cmd`, as
-    /// written, relative to the pipeline file).
+    /// How the key (and `status`) names it: the path as written.
     pub name: String,
     /// Where it is on this machine.
     pub path: PathBuf,
@@ -65,13 +70,17 @@ pub struct Dep {
 }
 
 impl Dep {
-    /// A source root that the `sources[index].path` param resolved to: its files
-    /// enter the key under its resolved path.
-    pub fn source_root(spec: &StageSpec, index: usize, root: &Path) -> Dep {
+    /// A source root that the `sources[index].path` param resolved to: named as
+    /// written, with the part a glob matched filled in.
+    pub fn source_root(
+        spec: &StageSpec,
+        index: usize,
+        root: &crate::dataset::sources::Root,
+    ) -> Dep {
         let at = ["sources".to_string(), index.to_string(), "path".to_string()];
         Dep {
-            name: root.to_string_lossy().into_owned(),
-            path: root.to_path_buf(),
+            name: root.display.clone(),
+            path: root.path.clone(),
             origin: spec.params.origin_at(&at).clone(),
         }
     }

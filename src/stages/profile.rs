@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::compute::{has_gpu, Compute, ComputeParams};
-use super::{param_error, Configured, Dep, Kind, Output, Stage, StageContext};
+use super::{param_error, Configured, Kind, Output, Stage, StageContext};
 use crate::model::resolve::ModelSource;
 use crate::pipeline::{ConfigError, StageSpec};
 use crate::progress;
@@ -83,20 +83,14 @@ fn build(
             return Err(param_error(spec, &[key], format!("`{key}` must be {want}")));
         }
     }
-    let model_dir = match super::train::resolve_model(spec, &params.model)? {
+    let model = super::train::resolve_model(spec, &params.model)?;
+    let deps = super::train::model_deps(spec, &params.model, &model);
+    let model_dir = match model {
         ModelSource::Dir(dir) => Some(dir.root),
         ModelSource::RandomT5 => None,
     };
     // The key holds what runs: dropout resolved for this model.
     params.shape.dropout = Some(params.shape.dropout_for(&params.model));
-    let deps = model_dir
-        .iter()
-        .map(|d| Dep {
-            name: d.to_string_lossy().into_owned(),
-            path: d.clone(),
-            origin: spec.params.origin_at(&["model".to_string()]).clone(),
-        })
-        .collect();
     let stage = ProfileStage {
         params: params.clone(),
         model_dir,

@@ -119,7 +119,7 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
     let compute = Compute::configure(spec, &params.compute)?;
     let ranks = resolve_gpus(spec, &params.gpus, compute.device)?;
     let model = resolve_model(spec, &params.config.model)?;
-    let deps = model_deps(spec, &model);
+    let deps = model_deps(spec, &params.config.model, &model);
     let stage = TrainStage {
         config: params.config.clone(),
         model,
@@ -168,11 +168,13 @@ pub(super) fn resolve_model(spec: &StageSpec, model: &str) -> Result<ModelSource
         .map_err(|e| param_error(spec, &["model"], format!("{e:#}")))
 }
 
-/// A model directory's files enter the key.
-pub(super) fn model_deps(spec: &StageSpec, model: &ModelSource) -> Vec<Dep> {
+/// A model directory's files enter the key, named by the `model` param as
+/// written (a directory relative to the pipeline file, `${VAR}/...`, or a
+/// Hugging Face repo id found in this machine's cache): where it is does not.
+pub(super) fn model_deps(spec: &StageSpec, written: &str, model: &ModelSource) -> Vec<Dep> {
     match model {
         ModelSource::Dir(dir) => vec![Dep {
-            name: dir.root.to_string_lossy().into_owned(),
+            name: written.trim_end_matches('/').to_string(),
             path: dir.root.clone(),
             origin: spec.params.origin_at(&["model".to_string()]).clone(),
         }],
