@@ -16,6 +16,7 @@ use super::index::INDEX_DIR;
 use super::{param_error, Arity, Configured, Dep, InputRole, Kind, Output, Stage, StageContext};
 use crate::dataset::PAIRS_FILE;
 use crate::eval::csn::{evaluate_pairs, CsnOptions};
+use crate::eval::metrics::Summary;
 use crate::eval::queries::QuerySet;
 use crate::eval::run::{evaluate, CsnEval, EvalOptions};
 use crate::pipeline::{ConfigError, StageSpec};
@@ -231,54 +232,15 @@ impl Stage for EvalStage {
         let mut log = ctx.log.try_clone()?;
         let mut metrics = serde_json::Map::new();
         for m in &report.modes {
-            let s = &m.summary;
-            writeln!(
-                log,
-                "{:<16} P@1 {:.3}  MRR {:.3}  R@5 {:.3}  R@10 {:.3}  nDCG@10 {:.3}  p50 {:.2} ms",
-                m.mode.name(),
-                s.p_at_1,
-                s.mrr,
-                s.recall_at_5,
-                s.recall_at_10,
-                s.ndcg_at_10,
-                m.latency.p50_ms
-            )?;
-            let name = m.mode.name();
-            for (metric, value) in [
-                ("p_at_1", s.p_at_1),
-                ("mrr", s.mrr),
-                ("recall_at_5", s.recall_at_5),
-                ("recall_at_10", s.recall_at_10),
-                ("ndcg_at_10", s.ndcg_at_10),
-            ] {
-                metrics.insert(format!("{name}_{metric}"), value.into());
-            }
+            let tail = format!("p50 {:.2} ms", m.latency.p50_ms);
+            record(&mut log, &mut metrics, m.mode.name(), &m.summary, &tail)?;
         }
         if let Some(csn) = &report.csn {
-            let s = &csn.report.summary;
-            writeln!(
-                log,
-                "{:<16} P@1 {:.3}  MRR {:.3}  R@5 {:.3}  R@10 {:.3}  nDCG@10 {:.3}  ({} pairs of {}'s {} split, {} distractors each)",
-                "csn",
-                s.p_at_1,
-                s.mrr,
-                s.recall_at_5,
-                s.recall_at_10,
-                s.ndcg_at_10,
-                csn.report.pairs,
-                csn.dataset,
-                csn.split,
-                csn.report.distractors
-            )?;
-            for (metric, value) in [
-                ("p_at_1", s.p_at_1),
-                ("mrr", s.mrr),
-                ("recall_at_5", s.recall_at_5),
-                ("recall_at_10", s.recall_at_10),
-                ("ndcg_at_10", s.ndcg_at_10),
-            ] {
-                metrics.insert(format!("csn_{metric}"), value.into());
-            }
+            let tail = format!(
+                "({} pairs of {}'s {} split, {} distractors each)",
+                csn.report.pairs, csn.dataset, csn.split, csn.report.distractors
+            );
+            record(&mut log, &mut metrics, "csn", &csn.report.summary, &tail)?;
         }
         std::fs::write(
             ctx.out_dir.join(EVAL_JSON),
@@ -292,4 +254,29 @@ impl Stage for EvalStage {
         .context("writing metrics.json")?;
         Ok(())
     }
+}
+
+/// One line of the stage log, and `<name>_<metric>` entries of metrics.json.
+fn record(
+    log: &mut impl Write,
+    metrics: &mut serde_json::Map<String, serde_json::Value>,
+    name: &str,
+    s: &Summary,
+    tail: &str,
+) -> Result<()> {
+    writeln!(
+        log,
+        "{name:<16} P@1 {:.3}  MRR {:.3}  R@5 {:.3}  R@10 {:.3}  nDCG@10 {:.3}  {tail}",
+        s.p_at_1, s.mrr, s.recall_at_5, s.recall_at_10, s.ndcg_at_10,
+    )?;
+    for (metric, value) in [
+        ("p_at_1", s.p_at_1),
+        ("mrr", s.mrr),
+        ("recall_at_5", s.recall_at_5),
+        ("recall_at_10", s.recall_at_10),
+        ("ndcg_at_10", s.ndcg_at_10),
+    ] {
+        metrics.insert(format!("{name}_{metric}"), value.into());
+    }
+    Ok(())
 }

@@ -519,6 +519,14 @@ fn dataset_section(md: &mut Markdown, dataset: &Input) -> Result<()> {
     Ok(())
 }
 
+/// P@1, MRR, R@5, R@10 and nDCG@10 of an eval summary, three decimals each.
+fn summary_cells(s: &Value) -> Vec<String> {
+    ["p_at_1", "mrr", "recall_at_5", "recall_at_10", "ndcg_at_10"]
+        .iter()
+        .map(|m| num(f(&s[*m]), 3))
+        .collect()
+}
+
 fn eval_section(md: &mut Markdown, evals: &[(&Input, Value)]) {
     if evals.is_empty() {
         return;
@@ -538,15 +546,9 @@ fn eval_section(md: &mut Markdown, evals: &[(&Input, Value)]) {
             .into_iter()
             .flatten()
             .map(|m| {
-                let s = &m["summary"];
-                vec![
-                    m["mode"].as_str().unwrap_or_default().to_string(),
-                    num(f(&s["p_at_1"]), 3),
-                    num(f(&s["mrr"]), 3),
-                    num(f(&s["recall_at_5"]), 3),
-                    num(f(&s["recall_at_10"]), 3),
-                    num(f(&s["ndcg_at_10"]), 3),
-                ]
+                let mut row = vec![m["mode"].as_str().unwrap_or_default().to_string()];
+                row.extend(summary_cells(&m["summary"]));
+                row
             })
             .collect();
         md.table(&["mode", "P@1", "MRR", "R@5", "R@10", "nDCG@10"], &rows);
@@ -556,8 +558,7 @@ fn eval_section(md: &mut Markdown, evals: &[(&Input, Value)]) {
         .filter(|(_, report)| report["csn"].is_object())
         .map(|(input, report)| {
             let c = &report["csn"];
-            let s = &c["summary"];
-            vec![
+            let mut row = vec![
                 format!("`{}`", input.stage),
                 format!(
                     "{} pairs of `{}`'s {} split",
@@ -566,12 +567,9 @@ fn eval_section(md: &mut Markdown, evals: &[(&Input, Value)]) {
                     c["split"].as_str().unwrap_or_default()
                 ),
                 c["distractors"].to_string(),
-                num(f(&s["p_at_1"]), 3),
-                num(f(&s["mrr"]), 3),
-                num(f(&s["recall_at_5"]), 3),
-                num(f(&s["recall_at_10"]), 3),
-                num(f(&s["ndcg_at_10"]), 3),
-            ]
+            ];
+            row.extend(summary_cells(&c["summary"]));
+            row
         })
         .collect();
     if !csn.is_empty() {
