@@ -6,29 +6,13 @@ mod common;
 
 use common::{stage, stderr, Project};
 
-const MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/tiny_bert_words"
-);
-
-/// Python sources whose docstrings and bodies use the fixture's words.
-fn write_sources(p: &Project, n: usize) {
-    let word = |i: usize| format!("w{}", 2 + i % 98);
-    for i in 0..n {
-        let (a, b) = (word(i * 3), word(i * 7 + 1));
-        let text = format!(
-            "def f{i}(x):\n    \"\"\"{a} {b} of the input.\"\"\"\n    return \"{a} {} {b}\"\n",
-            word(i * 5 + 2)
-        );
-        p.file(&format!("src/pkg/m{i}.py"), &text);
-    }
-}
+const MODEL: &str = common::TINY_BERT_WORDS;
 
 /// dataset -> train on `gpus` ranks: 4 updates of 2 micro-batches of 4 pairs
 /// (one micro-batch per rank at 2), a checkpoint after every update, dropout on.
 fn project(gpus: u32) -> Project {
     let p = Project::new();
-    write_sources(&p, 48);
+    common::write_word_sources(&p, 48);
     p.file(
         "p.toml",
         &format!(

@@ -11,10 +11,7 @@ use std::path::Path;
 
 use common::{stage, Project};
 
-const MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/tiny_bert_words"
-);
+const MODEL: &str = common::TINY_BERT_WORDS;
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

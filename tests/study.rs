@@ -8,26 +8,12 @@ use std::time::Duration;
 
 use common::{stage, stderr, wait_for_file, Project};
 
-const MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/tests/fixtures/tiny_bert_words"
-);
+const MODEL: &str = common::TINY_BERT_WORDS;
 
-/// A Python package whose functions' docstrings and bodies use the fixture's
-/// words: function i (in its own module, so splits by file spread them) is
-/// documented by two words that its body repeats.
+/// The fixture-word sources, and eight queries made of their docstrings' words.
 fn write_sources(p: &Project, n: usize) {
+    common::write_word_sources(p, n);
     let word = |i: usize| format!("w{}", 2 + i % 98);
-    for i in 0..n {
-        let (a, b) = (word(i * 3), word(i * 7 + 1));
-        let text = format!(
-            "def f{i}(x):\n    \"\"\"{a} {b} of the input.\"\"\"\n    y = \"{a} {} {b}\"\n    return \"{} {}\" + y\n\n",
-            word(i * 5 + 2),
-            word(i * 11 + 3),
-            word(i + 40)
-        );
-        p.file(&format!("src/pkg/m{i}.py"), &text);
-    }
     let mut queries = String::new();
     for i in 0..8 {
         queries.push_str(&format!(

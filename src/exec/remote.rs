@@ -275,13 +275,9 @@ pub fn push(
                 let bytes = m.files.iter().map(|f| f.size).sum::<u64>();
                 local.push((stage, key, bytes));
             }
-            ArtifactState::Missing | ArtifactState::Corrupt(_) => artifacts.push(Transfer {
-                stage,
-                key: key.to_string(),
-                status: "absent",
-                bytes: 0,
-                error: None,
-            }),
+            ArtifactState::Missing | ArtifactState::Corrupt(_) => {
+                artifacts.push(transfer(stage, &key, "absent", 0, None))
+            }
         }
     }
     let total = local.iter().map(|l| l.2).sum();

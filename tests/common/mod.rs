@@ -5,6 +5,29 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The tiny word-level BERT fixture (vocabulary `w2`..`w99`).
+pub const TINY_BERT_WORDS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/fixtures/tiny_bert_words"
+);
+
+/// A Python package whose functions' docstrings and bodies use the fixture's
+/// words: function i (in its own module, so splits by file spread them) is
+/// documented by two words that its body repeats.
+pub fn write_word_sources(p: &Project, n: usize) {
+    let word = |i: usize| format!("w{}", 2 + i % 98);
+    for i in 0..n {
+        let (a, b) = (word(i * 3), word(i * 7 + 1));
+        let text = format!(
+            "def f{i}(x):\n    \"\"\"{a} {b} of the input.\"\"\"\n    y = \"{a} {} {b}\"\n    return \"{} {}\" + y\n\n",
+            word(i * 5 + 2),
+            word(i * 11 + 3),
+            word(i + 40)
+        );
+        p.file(&format!("src/pkg/m{i}.py"), &text);
+    }
+}
+
 pub struct Project {
     dir: tempfile::TempDir,
 }
