@@ -325,13 +325,38 @@ impl Batcher {
     /// The batch of `indices`: ids and masks padded (with 0) to the batch's
     /// longest query and longest document.
     pub fn batch(&self, indices: &[usize]) -> Result<Batch> {
+        self.batch_padded(indices, self.shape(indices))
+    }
+
+    /// The padded `(query, document)` widths of the batch of `indices`: its
+    /// longest query and document, rounded up to the pad multiple.
+    pub fn shape(&self, indices: &[usize]) -> (usize, usize) {
+        let width = |longest: usize| longest.max(1).div_ceil(self.pad_multiple) * self.pad_multiple;
+        let longest = |text: fn(&Example) -> usize| {
+            indices
+                .iter()
+                .map(|&i| text(&self.examples[i]))
+                .max()
+                .unwrap_or(0)
+        };
+        (
+            width(longest(|e| e.query.len())),
+            width(longest(|e| e.doc.len())),
+        )
+    }
+
+    /// The batch of `indices` padded to `(query, document)` widths of at least
+    /// its own [`Batcher::shape`]: the micro-batches of a data-parallel update
+    /// share one shape this way, so no rank waits on another's longer batch.
+    /// The padding is masked out, so the maths is that of [`Batcher::batch`].
+    pub fn batch_padded(&self, indices: &[usize], (query, doc): (usize, usize)) -> Result<Batch> {
         let queries: Vec<&[i32]> = indices
             .iter()
             .map(|&i| &self.examples[i].query[..])
             .collect();
         let docs: Vec<&[i32]> = indices.iter().map(|&i| &self.examples[i].doc[..]).collect();
-        let (query_ids, query_mask) = pad(&queries, self.pad_multiple)?;
-        let (doc_ids, doc_mask) = pad(&docs, self.pad_multiple)?;
+        let (query_ids, query_mask) = pad(&queries, query)?;
+        let (doc_ids, doc_mask) = pad(&docs, doc)?;
         Ok(Batch {
             query_ids,
             query_mask,
@@ -341,10 +366,13 @@ impl Batcher {
     }
 }
 
-/// `[n, longest rounded up to a multiple of multiple]` ids and 0/1 mask.
-fn pad(rows: &[&[i32]], multiple: usize) -> Result<(Array, Array)> {
-    let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
-    let width = longest.div_ceil(multiple) * multiple;
+/// `[n, width]` ids and 0/1 mask (`width` at least the longest row).
+fn pad(rows: &[&[i32]], width: usize) -> Result<(Array, Array)> {
+    let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    anyhow::ensure!(
+        longest <= width,
+        "a row of {longest} tokens does not fit a batch {width} wide"
+    );
     let mut ids = vec![0i32; rows.len() * width];
     let mut mask = vec![0i32; rows.len() * width];
     for (r, row) in rows.iter().enumerate() {
@@ -557,6 +585,29 @@ mod tests {
                 &b.examples()[i].doc[..]
             );
         }
+    }
+
+    #[test]
+    fn a_batch_pads_to_a_wider_shape_and_refuses_a_narrower_one() {
+        let b = batcher(20, 20, 4, 0);
+        let idx = [0usize, 1, 2, 3];
+        let (q, d) = b.shape(&idx);
+        let batch = b.batch_padded(&idx, (q + 3, d + 5)).unwrap();
+        assert_eq!(batch.query_ids.shape(), &[4, q as i32 + 3]);
+        assert_eq!(batch.doc_ids.shape(), &[4, d as i32 + 5]);
+        let own = b.batch(&idx).unwrap();
+        let sum = |a: &Array| a.to_vec::<i32>().unwrap().iter().sum::<i32>();
+        assert_eq!(
+            sum(&batch.doc_mask),
+            sum(&own.doc_mask),
+            "padding is masked"
+        );
+        assert_eq!(sum(&batch.doc_ids), sum(&own.doc_ids), "padding is token 0");
+        let Err(err) = b.batch_padded(&idx, (q, d - 1)) else {
+            panic!("a batch narrower than its longest document was made")
+        };
+        let err = err.to_string();
+        assert!(err.contains("does not fit"), "{err}");
     }
 
     #[test]

@@ -310,10 +310,7 @@ pub fn train(
         }
         let started = Instant::now();
         let first = run.step * cfg.grad_accum as u64;
-        let mine = (0..cfg.grad_accum)
-            .filter(|i| i % size == rank)
-            .map(|i| Ok((i, micro_cache.batch(&stream, first + i as u64)?)))
-            .collect::<Result<Vec<(usize, Batch)>>>()?;
+        let mine = micro_cache.shard(&stream, first, cfg.grad_accum, rank, size)?;
         session.data_seconds += started.elapsed().as_secs_f64();
         let lr = schedule.lr(run.step);
         let stats = match ranks {
@@ -707,7 +704,8 @@ struct EpochCache {
 }
 
 impl EpochCache {
-    fn batch(&mut self, stream: &Stream, global: u64) -> Result<Batch> {
+    /// The example indices of micro-batch `global`.
+    fn indices(&mut self, stream: &Stream, global: u64) -> Result<Vec<usize>> {
         let pos = stream.position(global);
         if self.epoch != Some(pos.epoch) {
             self.batches = stream.batcher.epoch(pos.epoch);
@@ -720,7 +718,46 @@ impl EpochCache {
                 pos.batch
             );
         };
-        stream.batcher.batch(indices)
+        Ok(indices.clone())
+    }
+
+    /// The micro-batches `(index in the update, batch)` of the update whose
+    /// first is `first` that fall to `rank` of `size` (micro-batch `i` to rank
+    /// `i % size`). With more than one rank they are all padded to the
+    /// update's widest query and document, so every rank runs the same shapes
+    /// and none waits at the all-sum for another's longer batch (length
+    /// buckets give one update's micro-batches different widths); the padding
+    /// is masked out, so the update is the same.
+    fn shard(
+        &mut self,
+        stream: &Stream,
+        first: u64,
+        count: usize,
+        rank: usize,
+        size: usize,
+    ) -> Result<Vec<(usize, Batch)>> {
+        let update = (0..count)
+            .map(|i| self.indices(stream, first + i as u64))
+            .collect::<Result<Vec<_>>>()?;
+        let batcher = stream.batcher;
+        let shape = (size > 1).then(|| {
+            update
+                .iter()
+                .map(|b| batcher.shape(b))
+                .fold((0, 0), |(q, d), (bq, bd)| (q.max(bq), d.max(bd)))
+        });
+        update
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % size == rank)
+            .map(|(i, indices)| {
+                let batch = match shape {
+                    Some(shape) => batcher.batch_padded(indices, shape)?,
+                    None => batcher.batch(indices)?,
+                };
+                Ok((i, batch))
+            })
+            .collect()
     }
 }
 

@@ -1090,6 +1090,39 @@ mod tests {
     /// A shard that holds every micro-batch of the update, in a group of one,
     /// goes through the all-sum path (flatten, concatenate, split back) and
     /// must make exactly the unsharded update, in either execution mode.
+    /// `b` padded with masked zeros to `query` and `doc` tokens.
+    fn widened(b: &Batch, query: i32, doc: i32) -> Batch {
+        let widen = |a: &Array, width: i32| {
+            let (rows, cols) = (a.dim(0).unwrap(), a.dim(1).unwrap());
+            let pad = ops::zeros_dtype(&[rows, width - cols], a.dtype()).unwrap();
+            ops::concatenate_axis(&[a.clone(), pad], 1).unwrap()
+        };
+        Batch {
+            query_ids: widen(&b.query_ids, query),
+            query_mask: widen(&b.query_mask, query),
+            doc_ids: widen(&b.doc_ids, doc),
+            doc_mask: widen(&b.doc_mask, doc),
+        }
+    }
+
+    /// Data-parallel ranks pad an update's micro-batches to one shape; the
+    /// padding is masked, so the update must not change beyond float rounding.
+    #[test]
+    fn masked_padding_does_not_change_the_update() {
+        for compile in [false, true] {
+            let (mut narrow, mut wide) = (trainer(compile), trainer(compile));
+            let a = narrow
+                .accumulate_step(&[batch(), other_batch()], 1e-2, Some(0.5))
+                .unwrap();
+            let padded = [widened(&batch(), 5, 7), widened(&other_batch(), 5, 7)];
+            let b = wide.accumulate_step(&padded, 1e-2, Some(0.5)).unwrap();
+            assert!((a.loss - b.loss).abs() < 1e-5, "{} vs {}", a.loss, b.loss);
+            assert!((a.grad_norm - b.grad_norm).abs() < 1e-5 * a.grad_norm.max(1.0));
+            let d = max_diff(&host(&narrow.params), &host(&wide.params));
+            assert!(d < 1e-6, "compile {compile}: adapters differ by {d}");
+        }
+    }
+
     #[test]
     fn a_shard_holding_the_whole_update_is_exactly_the_unsharded_step() {
         let group = mlx::distributed::Group::single().unwrap();
