@@ -687,17 +687,36 @@ impl Trainer {
             sum = out.collect();
         }
         let (sum, total) = local.reduce(sum, shard)?;
+        // The norm, the clip coefficient and AdamW are one graph, evaluated
+        // once: no read-back of the norm between them (a host round trip per
+        // update that a data-parallel rank, with less GPU work per update,
+        // cannot hide). The coefficient is the eager path's f32 arithmetic,
+        // `min(clip / (norm + 1e-6), 1)`, done on the device. A non-finite norm
+        // is noticed after the evaluation and the new state dropped, so the
+        // parameters stay as they were.
         let inv_n = 1.0 / keys.len() as f32;
         let mut norm_in = sum.clone();
         norm_in.push(Array::from_f32(inv_n));
-        let grad_norm = fns
+        let norm = fns
             .norm
             .call(&norm_in)?
-            .first()
+            .into_iter()
+            .next()
             .context("the gradient norm")?
-            .item::<f32>()?;
-        anyhow::ensure!(grad_norm.is_finite(), "the gradient norm is {grad_norm}");
-        let coef = clip.map_or(1.0, |max| (max / (grad_norm + 1e-6)).min(1.0));
+            .as_dtype(mlx::Dtype::Float32)?;
+        let scale = match clip {
+            None => Array::from_f32(inv_n),
+            Some(max) => {
+                let coef = ops::minimum(
+                    ops::divide(
+                        Array::from_f32(max),
+                        ops::add(&norm, Array::from_f32(1e-6))?,
+                    )?,
+                    Array::from_f32(1.0),
+                )?;
+                ops::multiply(Array::from_f32(inv_n), coef)?
+            }
+        };
         let mut inputs: Vec<Array> = self
             .params
             .iter()
@@ -706,7 +725,8 @@ impl Trainer {
             .chain(&self.opt.v)
             .cloned()
             .collect();
-        inputs.push(Array::from_f32(inv_n * coef));
+        inputs.push(scale);
+        let adam_step = self.opt.step_count();
         inputs.extend(self.opt.next_scalars(lr));
         let out = fns.update.call(&inputs).context("compiled AdamW update")?;
         anyhow::ensure!(
@@ -714,7 +734,12 @@ impl Trainer {
             "compiled update returned {} arrays",
             out.len()
         );
-        mlx::eval(&out)?;
+        mlx::eval(out.iter().chain([&norm]))?;
+        let grad_norm = norm.item::<f32>()?;
+        if !grad_norm.is_finite() {
+            self.opt.set_step_count(adam_step);
+            anyhow::bail!("the gradient norm is {grad_norm}");
+        }
         let mut out = out.into_iter();
         self.params = out.by_ref().take(n).collect();
         self.opt.m = out.by_ref().take(n).collect();
