@@ -131,6 +131,13 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
         .with_compute(&compute);
     if let Some(map) = configured.params.as_object_mut() {
         map.remove("gpus");
+        // Since train v1 first shipped, an update's micro-batches are drawn
+        // from one length bucket (`Batcher::with_group`): a different data
+        // order where grad_accum > 1, so such keys change; with one
+        // micro-batch per update the order, and the key, are as before.
+        if params.config.grad_accum > 1 {
+            map.insert("batch_order".into(), "update-grouped".into());
+        }
     }
     Ok(configured)
 }

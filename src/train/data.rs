@@ -240,6 +240,7 @@ pub struct Batcher {
     batch_size: usize,
     seed: u64,
     pad_multiple: usize,
+    group: usize,
 }
 
 impl Batcher {
@@ -275,6 +276,7 @@ impl Batcher {
             batch_size,
             seed,
             pad_multiple: 1,
+            group: 1,
         })
     }
 
@@ -283,6 +285,18 @@ impl Batcher {
     /// compiled step; the padding is masked out, so results do not change.
     pub fn with_pad_multiple(mut self, m: usize) -> Batcher {
         self.pad_multiple = m.max(1);
+        self
+    }
+
+    /// Keeps runs of `g` length-neighbouring batches together when the epoch's
+    /// batches are shuffled (`g`: the micro-batches of one update), and cuts
+    /// each epoch to a multiple of `g` batches, so every update's micro-batches
+    /// come from one length bucket and have near-equal widths. A data-parallel
+    /// rank then waits at the all-sum only for the few tokens between them, not
+    /// for a batch of another bucket, with the same batches whatever the number
+    /// of ranks. `g = 1` (the default) is the plain shuffle.
+    pub fn with_group(mut self, g: usize) -> Batcher {
+        self.group = g.max(1);
         self
     }
 
@@ -296,8 +310,9 @@ impl Batcher {
 
     /// The batches of `epoch`, as indices into the examples: a seeded shuffle,
     /// length buckets, no repeated document within a batch, the bucketed batches
-    /// shuffled again. Examples that do not fill a last batch are left out of
-    /// this epoch (another epoch's shuffle includes them).
+    /// shuffled again (in runs of [`Batcher::with_group`]'s `g`). Examples that
+    /// do not fill a last batch (or a last run of `g`) are left out of this
+    /// epoch (another epoch's shuffle includes them).
     pub fn epoch(&self, epoch: u64) -> Vec<Vec<usize>> {
         let mut rng = Rng::new(self.seed, epoch);
         let mut order: Vec<usize> = (0..self.examples.len()).collect();
@@ -317,46 +332,27 @@ impl Batcher {
                 former.offer(i);
             }
         }
-        let mut batches = former.batches;
-        rng.shuffle(&mut batches);
-        batches
+        // Runs of `group` neighbours (for 1, exactly the batches: the same
+        // permutation as shuffling them directly).
+        let mut runs: Vec<Vec<Vec<usize>>> = former
+            .batches
+            .chunks_exact(self.group)
+            .map(<[Vec<usize>]>::to_vec)
+            .collect();
+        rng.shuffle(&mut runs);
+        runs.into_iter().flatten().collect()
     }
 
     /// The batch of `indices`: ids and masks padded (with 0) to the batch's
     /// longest query and longest document.
     pub fn batch(&self, indices: &[usize]) -> Result<Batch> {
-        self.batch_padded(indices, self.shape(indices))
-    }
-
-    /// The padded `(query, document)` widths of the batch of `indices`: its
-    /// longest query and document, rounded up to the pad multiple.
-    pub fn shape(&self, indices: &[usize]) -> (usize, usize) {
-        let width = |longest: usize| longest.max(1).div_ceil(self.pad_multiple) * self.pad_multiple;
-        let longest = |text: fn(&Example) -> usize| {
-            indices
-                .iter()
-                .map(|&i| text(&self.examples[i]))
-                .max()
-                .unwrap_or(0)
-        };
-        (
-            width(longest(|e| e.query.len())),
-            width(longest(|e| e.doc.len())),
-        )
-    }
-
-    /// The batch of `indices` padded to `(query, document)` widths of at least
-    /// its own [`Batcher::shape`]: the micro-batches of a data-parallel update
-    /// share one shape this way, so no rank waits on another's longer batch.
-    /// The padding is masked out, so the maths is that of [`Batcher::batch`].
-    pub fn batch_padded(&self, indices: &[usize], (query, doc): (usize, usize)) -> Result<Batch> {
         let queries: Vec<&[i32]> = indices
             .iter()
             .map(|&i| &self.examples[i].query[..])
             .collect();
         let docs: Vec<&[i32]> = indices.iter().map(|&i| &self.examples[i].doc[..]).collect();
-        let (query_ids, query_mask) = pad(&queries, query)?;
-        let (doc_ids, doc_mask) = pad(&docs, doc)?;
+        let (query_ids, query_mask) = pad(&queries, self.pad_multiple)?;
+        let (doc_ids, doc_mask) = pad(&docs, self.pad_multiple)?;
         Ok(Batch {
             query_ids,
             query_mask,
@@ -366,13 +362,10 @@ impl Batcher {
     }
 }
 
-/// `[n, width]` ids and 0/1 mask (`width` at least the longest row).
-fn pad(rows: &[&[i32]], width: usize) -> Result<(Array, Array)> {
-    let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0);
-    anyhow::ensure!(
-        longest <= width,
-        "a row of {longest} tokens does not fit a batch {width} wide"
-    );
+/// `[n, longest rounded up to a multiple of multiple]` ids and 0/1 mask.
+fn pad(rows: &[&[i32]], multiple: usize) -> Result<(Array, Array)> {
+    let longest = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(1);
+    let width = longest.div_ceil(multiple) * multiple;
     let mut ids = vec![0i32; rows.len() * width];
     let mut mask = vec![0i32; rows.len() * width];
     for (r, row) in rows.iter().enumerate() {
@@ -532,6 +525,45 @@ mod tests {
     }
 
     #[test]
+    fn an_updates_micro_batches_come_from_one_length_bucket() {
+        let plain = batcher(2000, 2000, 8, 0);
+        let grouped = batcher(2000, 2000, 8, 0).with_group(4);
+        let widest = |b: &Batcher, x: &[usize]| -> usize {
+            x.iter().map(|&i| b.examples()[i].doc.len()).max().unwrap()
+        };
+        // Summed over the updates (runs of 4 batches): widest batch - narrowest.
+        let spread = |b: &Batcher, batches: &[Vec<usize>]| -> usize {
+            batches
+                .chunks(4)
+                .map(|u| {
+                    let w: Vec<usize> = u.iter().map(|x| widest(b, x)).collect();
+                    w.iter().max().unwrap() - w.iter().min().unwrap()
+                })
+                .sum()
+        };
+        let (p, g) = (plain.epoch(0), grouped.epoch(0));
+        assert_eq!(g.len() % 4, 0, "an epoch is whole updates");
+        assert!(p.len() - g.len() < 4, "{} batches of {}", g.len(), p.len());
+        let (sp, sg) = (spread(&plain, &p), spread(&grouped, &g));
+        assert!(
+            sg * 4 < sp,
+            "grouped updates spread {sg} tokens, plain ones {sp}"
+        );
+        let batches: HashSet<&Vec<usize>> = p.iter().collect();
+        assert!(
+            g.iter().all(|x| batches.contains(x)),
+            "the same batches, regrouped"
+        );
+        assert_ne!(grouped.epoch(1), g, "each epoch has its own order");
+        let one = batcher(2000, 2000, 8, 0).with_group(1);
+        assert_eq!(
+            one.epoch(3),
+            plain.epoch(3),
+            "a group of 1 is the plain shuffle"
+        );
+    }
+
+    #[test]
     fn length_buckets_pad_less_than_random_batches() {
         let b = batcher(2000, 2000, 8, 0);
         let padded = |batches: &[Vec<usize>]| -> usize {
@@ -585,29 +617,6 @@ mod tests {
                 &b.examples()[i].doc[..]
             );
         }
-    }
-
-    #[test]
-    fn a_batch_pads_to_a_wider_shape_and_refuses_a_narrower_one() {
-        let b = batcher(20, 20, 4, 0);
-        let idx = [0usize, 1, 2, 3];
-        let (q, d) = b.shape(&idx);
-        let batch = b.batch_padded(&idx, (q + 3, d + 5)).unwrap();
-        assert_eq!(batch.query_ids.shape(), &[4, q as i32 + 3]);
-        assert_eq!(batch.doc_ids.shape(), &[4, d as i32 + 5]);
-        let own = b.batch(&idx).unwrap();
-        let sum = |a: &Array| a.to_vec::<i32>().unwrap().iter().sum::<i32>();
-        assert_eq!(
-            sum(&batch.doc_mask),
-            sum(&own.doc_mask),
-            "padding is masked"
-        );
-        assert_eq!(sum(&batch.doc_ids), sum(&own.doc_ids), "padding is token 0");
-        let Err(err) = b.batch_padded(&idx, (q, d - 1)) else {
-            panic!("a batch narrower than its longest document was made")
-        };
-        let err = err.to_string();
-        assert!(err.contains("does not fit"), "{err}");
     }
 
     #[test]

@@ -480,7 +480,8 @@ impl Prepared {
         let duplicate_docs = data::duplicate_docs(&train_examples);
         let what = format!("the train split of {shown}");
         let batcher = Batcher::new(train_examples, cfg.batch_size, cfg.seed, &what)?
-            .with_pad_multiple(cfg.pad_multiple);
+            .with_pad_multiple(cfg.pad_multiple)
+            .with_group(cfg.grad_accum);
         let eval_set = eval_batches(cfg, eval_examples, log)?;
         Ok(Prepared {
             batcher,
@@ -723,11 +724,7 @@ impl EpochCache {
 
     /// The micro-batches `(index in the update, batch)` of the update whose
     /// first is `first` that fall to `rank` of `size` (micro-batch `i` to rank
-    /// `i % size`). With more than one rank they are all padded to the
-    /// update's widest query and document, so every rank runs the same shapes
-    /// and none waits at the all-sum for another's longer batch (length
-    /// buckets give one update's micro-batches different widths); the padding
-    /// is masked out, so the update is the same.
+    /// `i % size`).
     fn shard(
         &mut self,
         stream: &Stream,
@@ -736,26 +733,11 @@ impl EpochCache {
         rank: usize,
         size: usize,
     ) -> Result<Vec<(usize, Batch)>> {
-        let update = (0..count)
-            .map(|i| self.indices(stream, first + i as u64))
-            .collect::<Result<Vec<_>>>()?;
-        let batcher = stream.batcher;
-        let shape = (size > 1).then(|| {
-            update
-                .iter()
-                .map(|b| batcher.shape(b))
-                .fold((0, 0), |(q, d), (bq, bd)| (q.max(bq), d.max(bd)))
-        });
-        update
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % size == rank)
-            .map(|(i, indices)| {
-                let batch = match shape {
-                    Some(shape) => batcher.batch_padded(indices, shape)?,
-                    None => batcher.batch(indices)?,
-                };
-                Ok((i, batch))
+        (0..count)
+            .filter(|i| i % size == rank)
+            .map(|i| {
+                let indices = self.indices(stream, first + i as u64)?;
+                Ok((i, stream.batcher.batch(&indices)?))
             })
             .collect()
     }
