@@ -14,7 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::compute::{Compute, ComputeParams, DeviceGuard, DtypeParam};
+use super::compute::{Compute, ComputeParams, DeviceGuard};
 use super::merge::MODEL_DIR;
 use super::ranks::{
     abort_hook, hold_hook, job_device, launch_ranks, read_job, resolve_gpus, without_gpus, Gpus,
@@ -282,7 +282,6 @@ struct RankJob {
     max_doc_tokens: usize,
     embed_batch: usize,
     device: String,
-    dtype: DtypeParam,
     ranks: usize,
     /// Every unit of the build, in index order ([`RANK_UNITS`]).
     units: PathBuf,
@@ -317,7 +316,6 @@ impl IndexStage {
             max_doc_tokens: self.params.max_doc_tokens,
             embed_batch: opts.embed_batch,
             device: self.compute.device.name().to_string(),
-            dtype: self.compute.dtype,
             ranks: self.ranks,
             units: units_path.clone(),
             shards: work.clone(),
