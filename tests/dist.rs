@@ -1,10 +1,14 @@
-//! Data-parallel training through the real launch: `gpus = 2` on the CPU runs
-//! two rank processes of the binary joined by MLX's ring backend over
-//! loopback, each training on its share of every update, gradients all-summed.
+//! Ranked stages through the real launch: `gpus = 2` on the CPU runs two rank
+//! processes of the binary joined by MLX's ring backend over loopback. Train:
+//! each rank trains on its share of every update, gradients all-summed. Index:
+//! each rank embeds its share of the units into a shard, the stage gathers them.
 
 mod common;
 
-use common::{stage, stderr, Project};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{stage, stderr, wait_for_file, Project};
 
 const MODEL: &str = common::TINY_BERT_WORDS;
 
@@ -174,4 +178,170 @@ fn a_rank_that_dies_fails_the_stage_and_a_one_rank_run_resumes_its_checkpoint() 
     );
     let reference = project(1);
     the_same_model(&artifact(&reference.json(&["run", "p.toml"])), &dir);
+}
+
+/// An index of 40 documented Python functions with the word-level fixture, its
+/// embedding pass on `gpus` ranks (at 2: two batches of 20 units where one
+/// process embeds 32 + 8, so padding and batch shapes differ).
+fn index_project(gpus: u32) -> Project {
+    let p = Project::new();
+    common::write_word_sources(&p, 40);
+    p.file(
+        "p.toml",
+        &format!(
+            r#"[pipeline]
+name = "dist-index"
+
+[stage.index]
+uses = "index"
+sources = [{{ lang = "python", path = "src" }}]
+model = "{MODEL}"
+max_doc_tokens = 64
+gpus = {gpus}
+device = "cpu"
+"#
+        ),
+    );
+    p
+}
+
+/// `(unit, score)` of each semantic hit for `query` in the index artifact `dir`.
+fn semantic_hits(p: &Project, dir: &str, query: &str) -> Vec<(u64, f64)> {
+    let found = p.json(&[
+        "search", query, "--index", dir, "--mode", "semantic", "-k", "10",
+    ]);
+    found["hits"]
+        .as_array()
+        .expect("hits")
+        .iter()
+        .map(|h| (h["unit"].as_u64().unwrap(), h["score"].as_f64().unwrap()))
+        .collect()
+}
+
+fn index_file(dir: &str, name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(format!("{dir}/index/{name}")).expect(name);
+    serde_json::from_str(&text).expect("JSON")
+}
+
+#[test]
+fn two_cpu_ranks_embed_the_index_one_process_builds_under_the_same_key() {
+    let one = index_project(1);
+    let two = index_project(2);
+    let key = |gpus: &str| {
+        let plan = one.json(&["run", "p.toml", "--dry-run", "--set", gpus]);
+        stage(&plan, "index")["key"].as_str().unwrap().to_string()
+    };
+    assert_eq!(
+        key("index.gpus=1"),
+        key("index.gpus=2"),
+        "gpus entered the artifact key"
+    );
+    let artifact =
+        |r: &serde_json::Value| stage(r, "index")["artifact"].as_str().unwrap().to_string();
+    let single = artifact(&one.json(&["run", "p.toml"]));
+    let report = two.json(&["run", "p.toml"]);
+    let dual = artifact(&report);
+    let log = std::fs::read_to_string(stage(&report, "index")["log"].as_str().unwrap()).unwrap();
+    assert!(
+        log.contains("index: 2 ranks on the cpu with the ring backend"),
+        "{log}"
+    );
+    assert!(
+        log.contains("rank 0 of 2: embedded 20 of 40 units"),
+        "{log}"
+    );
+    // The same units in the same order, the same token count, dims and codec
+    // size: the shards were gathered in unit order, none lost or doubled.
+    assert_eq!(
+        index_file(&single, "units.json"),
+        index_file(&dual, "units.json")
+    );
+    assert_eq!(
+        index_file(&single, "index.json"),
+        index_file(&dual, "index.json")
+    );
+    // Embeddings agree to float rounding (batch shapes differ), so semantic
+    // search ranks the same units with scores within 1e-4 (a score is a sum of
+    // at most 32 cosine similarities).
+    for query in ["w17 w38 of the input", "w5 w70", "w42 w2 w9"] {
+        let (a, b) = (
+            semantic_hits(&one, &single, query),
+            semantic_hits(&two, &dual, query),
+        );
+        assert!(!a.is_empty(), "no hits for {query}");
+        assert_eq!(
+            a.iter().map(|h| h.0).collect::<Vec<_>>(),
+            b.iter().map(|h| h.0).collect::<Vec<_>>(),
+            "{query}: one process {a:?}, two ranks {b:?}"
+        );
+        for ((_, x), (_, y)) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-4, "{query}: scores {x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn an_embedding_rank_that_dies_fails_the_index_stage_publishing_nothing() {
+    let p = index_project(2);
+    let out = p
+        .command(&["run", "p.toml", "--json"])
+        .env("XTR_TEST_RANK_ABORT", "1:0")
+        .output()
+        .expect("run xtr-pipe");
+    assert!(!out.status.success(), "the stage survived a dead rank");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let index = stage(&report, "index");
+    assert_eq!(index["status"], "failed", "{report}");
+    let error = index["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("rank 1 of 2") && error.contains("nothing was published"),
+        "{error}\n{}",
+        stderr(&out)
+    );
+    assert!(p.artifacts().is_empty(), "a failed job published");
+}
+
+#[test]
+fn ctrl_c_stops_every_embedding_rank_and_publishes_nothing() {
+    let p = index_project(2);
+    let hold = p.path("hold");
+    std::fs::create_dir_all(&hold).unwrap();
+    let child = p
+        .command(&["run", "p.toml", "--json"])
+        .env("XTR_TEST_RANK_HOLD", &hold)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run xtr-pipe");
+    let pid_file = |rank: usize| hold.join(format!("rank-{rank}.pid"));
+    for rank in 0..2 {
+        assert!(
+            wait_for_file(&pid_file(rank), Duration::from_secs(60)),
+            "rank {rank} never got to its shard"
+        );
+    }
+    let interrupted = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    // Well inside launch's 30 s grace: the ranks stopped on SIGTERM themselves.
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(20),
+        "the ranks took {:?} to stop",
+        interrupted.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "interrupted", "{report}");
+    assert!(p.artifacts().is_empty(), "an interrupted job published");
+    for rank in 0..2 {
+        let pid: i32 = std::fs::read_to_string(pid_file(rank))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(
+            unsafe { libc::kill(pid, 0) } != 0,
+            "rank {rank} (pid {pid}) still alive"
+        );
+    }
 }

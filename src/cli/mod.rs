@@ -83,7 +83,7 @@ enum Command {
 
 #[derive(Args)]
 struct RankArgs {
-    /// The stage kind (`train`).
+    /// The stage kind (`train`, `index`).
     kind: String,
     /// The job file the launching stage wrote.
     job: PathBuf,
@@ -268,13 +268,13 @@ pub(crate) fn print_json(value: &impl Serialize) -> Result<()> {
 
 fn cmd_rank(args: RankArgs) -> Result<ExitCode, Failure> {
     let cancel = cancel_on_signals()?;
-    match args.kind.as_str() {
-        "train" => match crate::stages::train::run_rank(&args.job, &cancel) {
-            Ok(()) => Ok(ExitCode::SUCCESS),
-            Err(e) if e.is::<crate::stages::Cancelled>() => Ok(ExitCode::from(EXIT_INTERRUPTED)),
-            Err(e) => Err(e.into()),
-        },
-        other => Err(anyhow::anyhow!("no rank entry for kind `{other}`").into()),
+    let Some(run_rank) = crate::stages::ranks::entry(&args.kind) else {
+        return Err(anyhow::anyhow!("no rank entry for kind `{}`", args.kind).into());
+    };
+    match run_rank(&args.job, &cancel) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.is::<crate::stages::Cancelled>() => Ok(ExitCode::from(EXIT_INTERRUPTED)),
+        Err(e) => Err(e.into()),
     }
 }
 

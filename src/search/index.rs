@@ -199,23 +199,60 @@ impl Index {
         if units.is_empty() {
             bail!("nothing to index: no units were found");
         }
+        let all: Vec<usize> = (0..units.len()).collect();
+        let embedded = embed_units(&units, &all, embedder, opts, cancel)?;
+        let embed_seconds = started.elapsed().as_secs_f64();
+        let (index, stats) =
+            Index::build_embedded(dir, units, embedded, &embedder.name(), opts, cancel)?;
+        let stats = BuildStats {
+            embed_seconds,
+            total_seconds: started.elapsed().as_secs_f64(),
+            ..stats
+        };
+        Ok((index, stats))
+    }
+
+    /// Builds an index of `units` from their token embeddings, made elsewhere
+    /// (e.g. by several processes, gathered in unit order): `embedded` holds
+    /// unit `i`'s vectors as its `i`-th document, `model` names what made them.
+    /// The codec, BM25 and the files are [`Index::build`]'s, which ends here.
+    pub fn build_embedded(
+        dir: &Path,
+        units: Vec<Unit>,
+        embedded: Embedded,
+        model: &str,
+        opts: &BuildOptions,
+        cancel: &CancelToken,
+    ) -> Result<(Index, BuildStats)> {
+        let started = Instant::now();
+        if units.is_empty() {
+            bail!("nothing to index: no units were found");
+        }
+        if embedded.docs() != units.len() {
+            bail!(
+                "{} embedded documents for {} units",
+                embedded.docs(),
+                units.len()
+            );
+        }
         let mut stats = BuildStats {
             units: units.len(),
             embedded: units.len(),
             retrained: true,
             ..Default::default()
         };
-        let all: Vec<usize> = (0..units.len()).collect();
-        let (offsets, vectors) = embed(&units, &all, embedder, opts, cancel)?;
-        stats.embed_seconds = started.elapsed().as_secs_f64();
-        let codec_started = Instant::now();
-        let codec = Codec::train(&vectors, embedder.dim(), &opts.codec, cancel)
-            .context("training the codec")?;
+        let Embedded {
+            dim,
+            offsets,
+            vectors,
+        } = embedded;
+        let codec =
+            Codec::train(&vectors, dim, &opts.codec, cancel).context("training the codec")?;
         let tokens = codec.encode(&vectors)?;
-        stats.codec_seconds = codec_started.elapsed().as_secs_f64();
+        stats.codec_seconds = started.elapsed().as_secs_f64();
         let encoded = EncodedDocs { offsets, tokens };
         stats.tokens = encoded.tokens.centroids.len();
-        let index = publish(dir, units, &codec, &encoded, &embedder.name())?;
+        let index = publish(dir, units, &codec, &encoded, model)?;
         stats.total_seconds = started.elapsed().as_secs_f64();
         Ok((index, stats))
     }
@@ -253,7 +290,11 @@ impl Index {
         let fresh: Vec<usize> = (0..units.len())
             .filter(|&i| !by_hash.contains_key(units[i].hash.as_str()))
             .collect();
-        let (fresh_offsets, vectors) = embed(&units, &fresh, embedder, opts, cancel)?;
+        let Embedded {
+            offsets: fresh_offsets,
+            vectors,
+            ..
+        } = embed_units(&units, &fresh, embedder, opts, cancel)?;
         let embed_seconds = started.elapsed().as_secs_f64();
         let codec = old.mv.codec().clone();
         let encoded_fresh = codec.encode(&vectors)?;
@@ -445,22 +486,64 @@ fn snippet(code: &str) -> String {
         .join("\n")
 }
 
-/// Embeds `units[which]` in batches: per-unit offsets into one flat matrix.
-fn embed(
+/// Token embeddings of several documents in one flat matrix: document `d`'s
+/// rows are `offsets[d]..offsets[d + 1]` of `vectors` (rows of `dim`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedded {
+    pub dim: usize,
+    pub offsets: Vec<usize>,
+    pub vectors: Vec<f32>,
+}
+
+impl Embedded {
+    /// No documents yet, in `dim` dimensions.
+    pub fn empty(dim: usize) -> Embedded {
+        Embedded {
+            dim,
+            offsets: vec![0],
+            vectors: Vec::new(),
+        }
+    }
+
+    /// Number of documents.
+    pub fn docs(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
+    /// Number of token rows.
+    pub fn tokens(&self) -> usize {
+        self.offsets.last().copied().unwrap_or(0)
+    }
+
+    /// Document `d`'s rows, flat.
+    pub fn doc(&self, d: usize) -> &[f32] {
+        &self.vectors[self.offsets[d] * self.dim..self.offsets[d + 1] * self.dim]
+    }
+
+    /// Appends one document of `rows.len() / dim` rows.
+    pub fn push(&mut self, rows: &[f32]) {
+        self.offsets
+            .push(self.tokens() + rows.len() / self.dim.max(1));
+        self.vectors.extend_from_slice(rows);
+    }
+}
+
+/// Embeds `units[which]` in batches of `opts.embed_batch`, in `which`'s order
+/// (document `d` of the result is unit `which[d]`).
+pub fn embed_units(
     units: &[Unit],
     which: &[usize],
     embedder: &dyn Embedder,
     opts: &BuildOptions,
     cancel: &CancelToken,
-) -> Result<(Vec<usize>, Vec<f32>)> {
+) -> Result<Embedded> {
     let dim = embedder.dim();
     let batch = if opts.embed_batch == 0 {
         32
     } else {
         opts.embed_batch
     };
-    let mut offsets = vec![0];
-    let mut vectors = Vec::new();
+    let mut embedded = Embedded::empty(dim);
     for chunk in which.chunks(batch) {
         cancel.check()?;
         let texts: Vec<String> = chunk.iter().map(|&i| units[i].embed_text()).collect();
@@ -481,11 +564,10 @@ fn embed(
                     units[i].key()
                 );
             }
-            offsets.push(offsets.last().copied().unwrap_or(0) + m.rows());
-            vectors.extend_from_slice(m.as_slice());
+            embedded.push(m.as_slice());
         }
     }
-    Ok((offsets, vectors))
+    Ok(embedded)
 }
 
 /// Writes every part into a sibling temporary directory, then swaps it in.

@@ -12,6 +12,8 @@
 //! - [`embed`]: the [`Embedder`] seam (a real model, or a test fake).
 //! - [`index`]: [`Index`] ties them together: build, incremental update, open,
 //!   search in four [`Mode`]s.
+//! - [`shard`]: the embedding pass split across processes (which units each
+//!   embeds, the shard files, the gather back into unit order).
 //!
 //! Knows nothing of training; [`synth`] makes synthetic embeddings for tests and
 //! benchmarks.
@@ -23,11 +25,14 @@ pub mod fusion;
 pub mod index;
 pub mod maxsim;
 pub mod mv;
+pub mod shard;
 pub mod synth;
 pub mod tokenize;
 pub mod units;
 
 pub use embed::{Embedder, HashEmbedder, ModelEmbedder};
-pub use index::{BuildOptions, BuildStats, Hit, Index, Manifest, Mode, SearchOptions};
+pub use index::{
+    embed_units, BuildOptions, BuildStats, Embedded, Hit, Index, Manifest, Mode, SearchOptions,
+};
 pub use maxsim::TokenVectors;
 pub use units::{collect, CollectOptions, SourceRoot, Unit};

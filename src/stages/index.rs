@@ -2,23 +2,37 @@
 //! code-aware tokenizer) and compressed multi-vector embeddings — with the model
 //! a `merge` stage produced, or a model directory. The glue around
 //! [`crate::search::Index`]: params, source roots (their files enter the key), the
-//! embedding model.
+//! embedding model, and with `gpus` > 1 the embedding pass split across rank
+//! processes (see [`crate::search::shard`] for who embeds what), started
+//! through [`super::ranks`] and served by [`run_rank`]; the build then goes on
+//! in this process from the gathered embeddings, as it would from its own.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::compute::{Compute, ComputeParams};
+use super::compute::{Compute, ComputeParams, DeviceGuard};
 use super::merge::MODEL_DIR;
+use super::ranks::{
+    abort_hook, hold_hook, job_device, launch_ranks, read_job, resolve_gpus, without_gpus, Gpus,
+    RankLaunch, ABORT_ENV,
+};
 use super::train::{model_deps, resolve_model};
 use super::{param_error, Arity, Configured, Dep, InputRole, Kind, Output, Stage, StageContext};
+use crate::cancel::CancelToken;
 use crate::dataset::{sources, Lang};
+use crate::mlx::{launch, Array};
 use crate::model::resolve::ModelSource;
 use crate::pipeline::{ConfigError, StageSpec};
 use crate::search::codec::CodecParams;
-use crate::search::{collect, BuildOptions, CollectOptions, Index, ModelEmbedder, SourceRoot};
+use crate::search::shard::{self, Shard};
+use crate::search::{
+    collect, embed_units, BuildOptions, BuildStats, CollectOptions, Embedder, Index, ModelEmbedder,
+    SourceRoot, Unit,
+};
 
 pub const KIND: Kind = Kind {
     name: "index",
@@ -80,6 +94,10 @@ pub struct Params {
     pub seed: u64,
     #[serde(flatten)]
     pub compute: ComputeParams,
+    /// Embedding ranks: a count or "all" (every GPU MLX sees). Not in the key:
+    /// the index is the same whoever embeds which unit (up to float rounding).
+    #[serde(default)]
+    pub gpus: Gpus,
 }
 
 fn default_chunk_lines() -> usize {
@@ -97,6 +115,7 @@ struct IndexStage {
     roots: Vec<SourceRoot>,
     model: Option<ModelSource>,
     compute: Compute,
+    ranks: usize,
 }
 
 fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
@@ -113,6 +132,7 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
             .with_help("set `model = \"<directory>\"`, or add a merge stage to `needs`"));
     }
     let compute = Compute::configure(spec, &params.compute)?;
+    let ranks = resolve_gpus(spec, &params.gpus, compute.device)?;
     let model = match &params.model {
         Some(m) => Some(resolve_model(spec, m)?),
         None => None,
@@ -127,10 +147,13 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
         roots,
         model,
         compute,
+        ranks,
     };
-    Ok(Configured::new(spec, &params, stage)?
-        .with_deps(deps)
-        .with_compute(&compute))
+    Ok(without_gpus(
+        Configured::new(spec, &params, stage)?
+            .with_deps(deps)
+            .with_compute(&compute),
+    ))
 }
 
 /// Each source's roots; unit paths are relative to the root, prefixed by the
@@ -195,7 +218,9 @@ impl Stage for IndexStage {
             },
             embed_batch: 0,
         };
-        let (index, stats) = {
+        let (index, stats) = if self.ranks > 1 {
+            self.build_on_ranks(ctx, &model_dir, units, &opts)?
+        } else {
             let _mlx = self.compute.enter()?;
             let embedder = ModelEmbedder::open(&model_dir, self.params.max_doc_tokens, 32)
                 .with_context(|| format!("loading the model {}", model_dir.display()))?;
@@ -224,5 +249,215 @@ impl Stage for IndexStage {
         std::fs::write(ctx.out_dir.join("metrics.json"), metrics.to_string())
             .context("writing metrics.json")?;
         Ok(())
+    }
+}
+
+/// The units file a ranked build hands its ranks (in the working directory).
+const RANK_UNITS: &str = "rank-units.json";
+
+/// Rank `rank`'s shard of the embeddings, in the working directory.
+fn shard_path(dir: &Path, rank: usize) -> PathBuf {
+    dir.join(format!("shard-{rank}.bin"))
+}
+
+/// Removes every shard in `dir`: one left by an interrupted attempt (maybe on
+/// another number of ranks) must not stand in for this one's.
+fn remove_shards(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("shard-") && name.ends_with(".bin") {
+            std::fs::remove_file(entry.path())
+                .with_context(|| format!("removing {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// What an embedding rank is given.
+#[derive(Serialize, Deserialize)]
+struct RankJob {
+    /// The model directory as the stage names it (its name goes into the index).
+    model: PathBuf,
+    max_doc_tokens: usize,
+    embed_batch: usize,
+    device: String,
+    ranks: usize,
+    /// Every unit of the build, in index order ([`RANK_UNITS`]).
+    units: PathBuf,
+    /// Where each rank writes its shard.
+    shards: PathBuf,
+}
+
+impl IndexStage {
+    /// Embeds `units` on `self.ranks` rank processes of this binary (`xtr-pipe
+    /// rank index JOB`), each writing its share to a shard file, then gathers
+    /// the shards in unit order and builds the index here exactly as
+    /// [`Index::build`] does after its own embedding pass.
+    fn build_on_ranks(
+        &self,
+        ctx: &StageContext<'_>,
+        model_dir: &Path,
+        units: Vec<Unit>,
+        opts: &BuildOptions,
+    ) -> Result<(Index, BuildStats)> {
+        let started = Instant::now();
+        anyhow::ensure!(!units.is_empty(), "nothing to index: no units were found");
+        let work = &ctx.work_dir;
+        std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+        remove_shards(work)?;
+        let units_path = work.join(RANK_UNITS);
+        let tmp = work.join(format!(".{RANK_UNITS}.tmp"));
+        std::fs::write(&tmp, serde_json::to_vec(&units)?)
+            .and_then(|()| std::fs::rename(&tmp, &units_path))
+            .with_context(|| format!("writing {}", units_path.display()))?;
+        let job = RankJob {
+            model: model_dir.to_path_buf(),
+            max_doc_tokens: self.params.max_doc_tokens,
+            embed_batch: opts.embed_batch,
+            device: self.compute.device.name().to_string(),
+            ranks: self.ranks,
+            units: units_path.clone(),
+            shards: work.clone(),
+        };
+        launch_ranks(
+            ctx,
+            &RankLaunch {
+                kind: KIND.name,
+                doing: "embedding",
+                ranks: self.ranks,
+                device: self.compute.device,
+                job: &job,
+            },
+        )?;
+        let shards = (0..self.ranks)
+            .map(|rank| Shard::read(&shard_path(work, rank)))
+            .collect::<Result<Vec<_>>>()
+            .context("the ranks exited 0 but left no whole shard: nothing was published")?;
+        let (embedded, model) = shard::gather(&shards, units.len())?;
+        drop(shards);
+        let embed_seconds = started.elapsed().as_secs_f64();
+        let (index, stats) = {
+            let _mlx = self.compute.enter()?;
+            Index::build_embedded(
+                &ctx.out_dir.join(INDEX_DIR),
+                units,
+                embedded,
+                &model,
+                opts,
+                ctx.cancel,
+            )?
+        };
+        remove_shards(work)?;
+        let _ = std::fs::remove_file(&units_path);
+        Ok((
+            index,
+            BuildStats {
+                embed_seconds,
+                total_seconds: started.elapsed().as_secs_f64(),
+                ..stats
+            },
+        ))
+    }
+}
+
+/// A rank of a ranked index build (the hidden `xtr-pipe rank index JOB`):
+/// joins the group its launcher set up, embeds its share of the units
+/// ([`shard::share`]) and writes it to its shard file; then an all-sum of the
+/// units each rank embedded, which is a barrier and checks that the shares
+/// covered every unit (counts are summed in f32: exact below 2^24 units).
+pub fn run_rank(job: &Path, cancel: &CancelToken) -> Result<()> {
+    let job: RankJob = read_job(job)?;
+    let _mlx = DeviceGuard::acquire(job_device(&job.device))?;
+    let group = launch::join()?;
+    let (rank, ranks) = (group.rank(), group.size());
+    anyhow::ensure!(
+        ranks == job.ranks,
+        "the group has {ranks} ranks, the job {}",
+        job.ranks
+    );
+    let text =
+        std::fs::read(&job.units).with_context(|| format!("reading {}", job.units.display()))?;
+    let units: Vec<Unit> = serde_json::from_slice(&text)
+        .with_context(|| format!("parsing {}", job.units.display()))?;
+    let embedder = ModelEmbedder::open(&job.model, job.max_doc_tokens, 32)
+        .with_context(|| format!("loading the model {}", job.model.display()))?;
+    let mine = shard::share(units.len(), rank, ranks);
+    let count = mine.len();
+    let opts = BuildOptions {
+        embed_batch: job.embed_batch,
+        ..BuildOptions::default()
+    };
+    let embedded = embed_units(&units, &mine, &embedder, &opts, cancel)?;
+    println!(
+        "rank {rank} of {ranks}: embedded {} of {} units ({} tokens)",
+        count,
+        units.len(),
+        embedded.tokens()
+    );
+    if abort_hook(rank)?.is_some() {
+        eprintln!("rank {rank}: aborting before writing its shard ({ABORT_ENV})");
+        std::process::abort();
+    }
+    Shard {
+        rank,
+        ranks,
+        total_units: units.len(),
+        model: embedder.name(),
+        units: mine,
+        embedded,
+    }
+    .write(&shard_path(&job.shards, rank))?;
+    hold_hook(rank, cancel)?;
+    let total = group.all_sum(&Array::from_slice(&[count as f32], &[1])?)?;
+    total.eval()?;
+    let total = total.to_vec::<f32>()?.first().copied().unwrap_or(0.0);
+    anyhow::ensure!(
+        total as usize == units.len(),
+        "the ranks embedded {total} units of {}",
+        units.len()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configured(own: &str) -> Result<Configured, String> {
+        let base = "sources = [{ lang = \"rust\", path = \"src/search\" }]\n\
+                    model = \"tests/fixtures/tiny_bert\"\ndevice = \"cpu\"\n";
+        let spec =
+            crate::stages::template_spec(&KIND, &format!("{base}{own}")).map_err(|e| e.render())?;
+        configure(&spec).map_err(|e| e.render())
+    }
+
+    #[test]
+    fn the_template_holds_the_defaults() -> Result<(), ConfigError> {
+        let spec = crate::stages::template_spec(&KIND, "sources = []\n")?;
+        let params: Params = crate::stages::decode(&spec)?;
+        assert_eq!(params.gpus, Gpus::default());
+        assert_eq!(params.chunk_lines, default_chunk_lines());
+        assert_eq!(params.nbits, default_nbits());
+        assert_eq!(params.max_doc_tokens, default_max_doc_tokens());
+        assert_eq!(params.compute, ComputeParams::default());
+        Ok(())
+    }
+
+    /// `gpus` is validated as train's is and never reaches the key.
+    #[test]
+    fn gpus_is_checked_and_left_out_of_the_key() {
+        let one = configured("gpus = 1\n").unwrap();
+        let two = configured("gpus = 2\n").unwrap();
+        assert!(one.params.get("gpus").is_none(), "{}", one.params);
+        assert_eq!(one.params, two.params);
+        assert_eq!(one.params, configured("gpus = \"all\"\n").unwrap().params);
+        let err = configured("gpus = 0\n").err().unwrap_or_default();
+        assert!(err.contains("gpus must be at least 1"), "{err}");
+        let err = configured("gpus = \"many\"\n").err().unwrap_or_default();
+        assert!(
+            err.contains("gpus must be a count or \"all\", not \"many\""),
+            "{err}"
+        );
     }
 }

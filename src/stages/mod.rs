@@ -11,6 +11,7 @@ pub mod index;
 mod inputs;
 pub mod merge;
 pub mod profile;
+pub mod ranks;
 pub mod report;
 pub mod train;
 

@@ -3,8 +3,8 @@
 //! it keeps in the store's working directory for its key. The glue around
 //! [`crate::train::run::train`]: params, model resolution before anything runs,
 //! the progress bar, and with `gpus` > 1 the data-parallel job: one rank
-//! process per GPU (or per CPU rank), started through [`crate::mlx::launch`]
-//! and served by [`run_rank`].
+//! process per GPU (or per CPU rank), started through [`super::ranks`] (the
+//! helpers it shares with `index`) and served by [`run_rank`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,13 +12,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::compute::{Compute, ComputeParams, DeviceGuard, Resolved};
+use super::compute::{Compute, ComputeParams, DeviceGuard};
+use super::ranks::{
+    abort_hook, job_device, launch_ranks, read_job, resolve_gpus, without_gpus, Gpus, RankLaunch,
+    ABORT_ENV,
+};
 use super::{param_error, Arity, Configured, Dep, InputRole, Kind, Output, Stage, StageContext};
 use crate::cancel::CancelToken;
 use crate::dataset::sources::expand_vars;
 use crate::dataset::PAIRS_FILE;
-use crate::mlx::distributed::{self, Backend};
-use crate::mlx::launch::{self, Launch};
+use crate::mlx::launch;
 use crate::model::resolve::{resolve_in, HfCache, ModelSource};
 use crate::pipeline::{ConfigError, StageSpec};
 use crate::progress;
@@ -82,28 +85,6 @@ pub struct Params {
     pub gpus: Gpus,
 }
 
-/// The `gpus` param as written: a count, or a word (only "all" is valid).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum Gpus {
-    Count(u64),
-    Word(String),
-}
-
-impl Default for Gpus {
-    fn default() -> Self {
-        Gpus::Count(1)
-    }
-}
-
-/// Overrides the backend the ranks use (`ring` or `nccl`); by default `nccl`
-/// on GPUs (when this MLX has it) and `ring` on the CPU.
-pub const BACKEND_ENV: &str = "XTR_TRAIN_BACKEND";
-
-/// A test hook: `RANK:STEP` makes that rank abort right after that update, as
-/// a crashed rank would.
-pub const ABORT_ENV: &str = "XTR_TEST_RANK_ABORT";
-
 struct TrainStage {
     config: TrainConfig,
     model: ModelSource,
@@ -126,44 +107,21 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
         compute,
         ranks,
     };
-    let mut configured = Configured::new(spec, &params, stage)?
-        .with_deps(deps)
-        .with_compute(&compute);
-    if let Some(map) = configured.params.as_object_mut() {
-        map.remove("gpus");
-        // Since train v1 first shipped, an update's micro-batches are drawn
-        // from one length bucket (`Batcher::with_group`): a different data
-        // order where grad_accum > 1, so such keys change; with one
-        // micro-batch per update the order, and the key, are as before.
-        if params.config.grad_accum > 1 {
+    let mut configured = without_gpus(
+        Configured::new(spec, &params, stage)?
+            .with_deps(deps)
+            .with_compute(&compute),
+    );
+    // Since train v1 first shipped, an update's micro-batches are drawn from
+    // one length bucket (`Batcher::with_group`): a different data order where
+    // grad_accum > 1, so such keys change; with one micro-batch per update the
+    // order, and the key, are as before.
+    if params.config.grad_accum > 1 {
+        if let Some(map) = configured.params.as_object_mut() {
             map.insert("batch_order".into(), "update-grouped".into());
         }
     }
     Ok(configured)
-}
-
-/// The number of ranks `gpus` asks for on `device`: on a GPU at most the GPUs
-/// MLX sees ("all": every one); on the CPU that many CPU ranks ("all": one).
-fn resolve_gpus(spec: &StageSpec, gpus: &Gpus, device: Resolved) -> Result<usize, ConfigError> {
-    let seen = match device {
-        Resolved::Gpu => distributed::gpu_count().unwrap_or(0),
-        Resolved::Cpu => 1,
-    };
-    match gpus {
-        Gpus::Word(w) if w == "all" => Ok(seen.max(1)),
-        Gpus::Word(w) => Err(param_error(
-            spec,
-            &["gpus"],
-            format!("gpus must be a count or \"all\", not \"{w}\""),
-        )),
-        Gpus::Count(0) => Err(param_error(spec, &["gpus"], "gpus must be at least 1")),
-        Gpus::Count(n) if device == Resolved::Gpu && *n as usize > seen => Err(param_error(
-            spec,
-            &["gpus"],
-            format!("gpus = {n}, but MLX sees {seen} GPU(s) on this machine; set gpus = \"all\" or at most {seen}"),
-        )),
-        Gpus::Count(n) => Ok(*n as usize),
-    }
 }
 
 /// The `model` param resolved on this machine, or a located error saying
@@ -281,9 +239,7 @@ impl TrainStage {
     /// train JOB`), rank 0's output in the stage log, the others' in the
     /// working directory; the outputs are rank 0's.
     fn run_ranks(&self, ctx: &StageContext<'_>, pairs: &Path) -> Result<Brief> {
-        let n = self.ranks;
         let device = self.compute.device;
-        let backend = rank_backend(device)?;
         let model = match &self.model {
             ModelSource::Dir(dir) => std::fs::canonicalize(&dir.root)
                 .with_context(|| format!("locating {}", dir.root.display()))?
@@ -291,8 +247,6 @@ impl TrainStage {
                 .into_owned(),
             ModelSource::RandomT5 => self.model.describe(),
         };
-        std::fs::create_dir_all(&ctx.work_dir)
-            .with_context(|| format!("creating {}", ctx.work_dir.display()))?;
         let job = RankJob {
             config: self.config.clone(),
             model,
@@ -302,47 +256,16 @@ impl TrainStage {
             work_dir: ctx.work_dir.clone(),
             out_dir: ctx.out_dir.clone(),
         };
-        let job_path = ctx.work_dir.join("rank-job.json");
-        std::fs::write(&job_path, serde_json::to_string_pretty(&job)?)
-            .with_context(|| format!("writing {}", job_path.display()))?;
-        let mut logs = vec![(ctx.log.try_clone()?, "the stage log".to_string())];
-        for rank in 1..n {
-            let path = ctx.work_dir.join(format!("rank-{rank}.log"));
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .truncate(true)
-                .read(true)
-                .write(true)
-                .open(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
-            logs.push((file, path.display().to_string()));
-        }
-        let mut log = ctx.log.try_clone()?;
-        writeln!(
-            log,
-            "train: {n} ranks on the {} with the {} backend",
-            device.name(),
-            backend.name()
+        launch_ranks(
+            ctx,
+            &RankLaunch {
+                kind: KIND.name,
+                doing: "training",
+                ranks: self.ranks,
+                device,
+                job: &job,
+            },
         )?;
-        let gpus = (device == Resolved::Gpu).then(visible_gpus);
-        let launch = Launch {
-            program: std::env::current_exe().context("locating the xtr-pipe binary")?,
-            args: vec![
-                "rank".to_string(),
-                "train".to_string(),
-                job_path.to_string_lossy().into_owned(),
-            ],
-            ranks: n,
-            backend,
-            gpus,
-            scratch: ctx.work_dir.clone(),
-            logs,
-        };
-        let ended = launch::run(launch, &|| ctx.cancel.is_cancelled())
-            .with_context(|| format!("training on {n} ranks: nothing was published"))?;
-        if ended == launch::Ended::Stopped {
-            return Err(super::Cancelled.into());
-        }
         let train_json = ctx.out_dir.join(TRAIN_JSON);
         let text = std::fs::read_to_string(&train_json).with_context(|| {
             format!(
@@ -354,48 +277,14 @@ impl TrainStage {
     }
 }
 
-/// The ranks' backend: [`BACKEND_ENV`] if set, else nccl on GPUs (ring where
-/// this MLX lacks it) and ring on the CPU.
-fn rank_backend(device: Resolved) -> Result<Backend> {
-    if let Ok(name) = std::env::var(BACKEND_ENV) {
-        return match Backend::parse(&name) {
-            Some(b @ (Backend::Ring | Backend::Nccl)) => Ok(b),
-            _ => anyhow::bail!("{BACKEND_ENV}={name}: expected ring or nccl"),
-        };
-    }
-    Ok(match device {
-        Resolved::Gpu if Backend::Nccl.is_available()? => Backend::Nccl,
-        _ => Backend::Ring,
-    })
-}
-
-/// The GPU ids ranks are given: `CUDA_VISIBLE_DEVICES`'s list when set, else 0, 1, ...
-fn visible_gpus() -> Vec<String> {
-    match std::env::var("CUDA_VISIBLE_DEVICES") {
-        Ok(list) if !list.trim().is_empty() => {
-            list.split(',').map(|s| s.trim().to_string()).collect()
-        }
-        _ => (0..distributed::gpu_count().unwrap_or(0))
-            .map(|i| i.to_string())
-            .collect(),
-    }
-}
-
 /// A rank of a data-parallel train stage (the hidden `xtr-pipe rank train
 /// JOB`): joins the group its launcher set up and trains its share; rank 0
 /// writes the checkpoints and the outputs. Its output is the rank's log.
 pub fn run_rank(job: &Path, cancel: &CancelToken) -> Result<()> {
-    let text =
-        std::fs::read_to_string(job).with_context(|| format!("reading {}", job.display()))?;
-    let job: RankJob =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", job.display()))?;
+    let job: RankJob = read_job(job)?;
     let model = resolve_in(&job.model, Path::new("/"), &HfCache::from_env())
         .with_context(|| format!("model {}", job.model))?;
-    let device = match job.device.as_str() {
-        "gpu" => Resolved::Gpu,
-        _ => Resolved::Cpu,
-    };
-    let _mlx = DeviceGuard::acquire(device)?;
+    let _mlx = DeviceGuard::acquire(job_device(&job.device))?;
     let group = launch::join()?;
     let ranks = Ranks { group: &group };
     let abort_at = abort_hook(group.rank())?;
@@ -425,18 +314,6 @@ pub fn run_rank(job: &Path, cancel: &CancelToken) -> Result<()> {
         },
     )?;
     Ok(())
-}
-
-/// The step at which [`ABORT_ENV`] makes this rank abort, if it names this rank.
-fn abort_hook(rank: usize) -> Result<Option<u64>> {
-    let Ok(spec) = std::env::var(ABORT_ENV) else {
-        return Ok(None);
-    };
-    let parsed = spec
-        .split_once(':')
-        .and_then(|(r, s)| Some((r.parse::<usize>().ok()?, s.parse::<u64>().ok()?)));
-    let (r, step) = parsed.with_context(|| format!("{ABORT_ENV}={spec}: expected RANK:STEP"))?;
-    Ok((r == rank).then_some(step))
 }
 
 #[cfg(test)]

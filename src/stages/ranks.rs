@@ -1,0 +1,229 @@
+//! What every kind that runs as several rank processes shares (`train`,
+//! `index`): the `gpus` param and its resolution, the backend the ranks use,
+//! the launch of `xtr-pipe rank KIND JOB` through [`crate::mlx::launch`] (rank
+//! 0's output in the stage log, the others' in the working directory), and the
+//! table the hidden `rank` command dispatches on.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::compute::Resolved;
+use super::{param_error, Configured, StageContext};
+use crate::cancel::CancelToken;
+use crate::mlx::distributed::{self, Backend};
+use crate::mlx::launch::{self, Launch};
+use crate::pipeline::{ConfigError, StageSpec};
+
+/// The `gpus` param as written: a count, or a word (only "all" is valid).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum Gpus {
+    Count(u64),
+    Word(String),
+}
+
+impl Default for Gpus {
+    fn default() -> Self {
+        Gpus::Count(1)
+    }
+}
+
+/// Overrides the backend the ranks of any kind use (`ring` or `nccl`); by
+/// default `nccl` on GPUs (when this MLX has it) and `ring` on the CPU. (Named
+/// for the first kind that had ranks.)
+pub const BACKEND_ENV: &str = "XTR_TRAIN_BACKEND";
+
+/// A test hook: `RANK:STEP` makes that rank abort, as a crashed rank would
+/// (`train`: right after update STEP; `index`: once its share is embedded,
+/// before its shard is written, whatever STEP).
+pub const ABORT_ENV: &str = "XTR_TEST_RANK_ABORT";
+
+/// A test hook: with `DIR` set, an `index` rank writes its pid to
+/// `DIR/rank-R.pid` once its shard is written, then waits until it is
+/// cancelled, so a test can interrupt a job whose ranks are all running.
+pub const HOLD_ENV: &str = "XTR_TEST_RANK_HOLD";
+
+/// The number of ranks `gpus` asks for on `device`: on a GPU at most the GPUs
+/// MLX sees ("all": every one); on the CPU that many CPU ranks ("all": one).
+pub fn resolve_gpus(spec: &StageSpec, gpus: &Gpus, device: Resolved) -> Result<usize, ConfigError> {
+    let seen = match device {
+        Resolved::Gpu => distributed::gpu_count().unwrap_or(0),
+        Resolved::Cpu => 1,
+    };
+    match gpus {
+        Gpus::Word(w) if w == "all" => Ok(seen.max(1)),
+        Gpus::Word(w) => Err(param_error(
+            spec,
+            &["gpus"],
+            format!("gpus must be a count or \"all\", not \"{w}\""),
+        )),
+        Gpus::Count(0) => Err(param_error(spec, &["gpus"], "gpus must be at least 1")),
+        Gpus::Count(n) if device == Resolved::Gpu && *n as usize > seen => Err(param_error(
+            spec,
+            &["gpus"],
+            format!("gpus = {n}, but MLX sees {seen} GPU(s) on this machine; set gpus = \"all\" or at most {seen}"),
+        )),
+        Gpus::Count(n) => Ok(*n as usize),
+    }
+}
+
+/// Takes `gpus` out of the params the key sees: the number of ranks changes
+/// how a result is computed, not what it is.
+pub fn without_gpus(mut configured: Configured) -> Configured {
+    if let Some(map) = configured.params.as_object_mut() {
+        map.remove("gpus");
+    }
+    configured
+}
+
+/// The ranks' backend: [`BACKEND_ENV`] if set, else nccl on GPUs (ring where
+/// this MLX lacks it) and ring on the CPU.
+pub fn rank_backend(device: Resolved) -> Result<Backend> {
+    if let Ok(name) = std::env::var(BACKEND_ENV) {
+        return match Backend::parse(&name) {
+            Some(b @ (Backend::Ring | Backend::Nccl)) => Ok(b),
+            _ => anyhow::bail!("{BACKEND_ENV}={name}: expected ring or nccl"),
+        };
+    }
+    Ok(match device {
+        Resolved::Gpu if Backend::Nccl.is_available()? => Backend::Nccl,
+        _ => Backend::Ring,
+    })
+}
+
+/// The GPU ids ranks are given: `CUDA_VISIBLE_DEVICES`'s list when set, else 0, 1, ...
+pub fn visible_gpus() -> Vec<String> {
+    match std::env::var("CUDA_VISIBLE_DEVICES") {
+        Ok(list) if !list.trim().is_empty() => {
+            list.split(',').map(|s| s.trim().to_string()).collect()
+        }
+        _ => (0..distributed::gpu_count().unwrap_or(0))
+            .map(|i| i.to_string())
+            .collect(),
+    }
+}
+
+/// One job of rank processes for a stage.
+pub struct RankLaunch<'a, J> {
+    /// The stage kind, whose [`entry`] the ranks run.
+    pub kind: &'static str,
+    /// What the ranks do, for the log and errors ("training", "embedding").
+    pub doing: &'static str,
+    pub ranks: usize,
+    pub device: Resolved,
+    /// Written to `rank-job.json` in the working directory; the ranks read it.
+    pub job: &'a J,
+}
+
+/// Runs `job` as `job.ranks` processes of this binary (`xtr-pipe rank KIND
+/// JOB`) and waits for them: Ok once every rank exited 0; [`super::Cancelled`]
+/// once Ctrl-C stopped them; else an error naming the rank that failed and
+/// saying that nothing was published.
+pub fn launch_ranks<J: Serialize>(ctx: &StageContext<'_>, job: &RankLaunch<'_, J>) -> Result<()> {
+    let n = job.ranks;
+    let device = job.device;
+    let backend = rank_backend(device)?;
+    std::fs::create_dir_all(&ctx.work_dir)
+        .with_context(|| format!("creating {}", ctx.work_dir.display()))?;
+    let job_path = ctx.work_dir.join("rank-job.json");
+    std::fs::write(&job_path, serde_json::to_string_pretty(job.job)?)
+        .with_context(|| format!("writing {}", job_path.display()))?;
+    let mut logs = vec![(ctx.log.try_clone()?, "the stage log".to_string())];
+    for rank in 1..n {
+        let path = ctx.work_dir.join(format!("rank-{rank}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        logs.push((file, path.display().to_string()));
+    }
+    writeln!(
+        ctx.log.try_clone()?,
+        "{}: {n} ranks on the {} with the {} backend",
+        job.kind,
+        device.name(),
+        backend.name()
+    )?;
+    let launch = Launch {
+        program: std::env::current_exe().context("locating the xtr-pipe binary")?,
+        args: vec![
+            "rank".to_string(),
+            job.kind.to_string(),
+            job_path.to_string_lossy().into_owned(),
+        ],
+        ranks: n,
+        backend,
+        gpus: (device == Resolved::Gpu).then(visible_gpus),
+        scratch: ctx.work_dir.clone(),
+        logs,
+    };
+    let ended = launch::run(launch, &|| ctx.cancel.is_cancelled())
+        .with_context(|| format!("{} on {n} ranks: nothing was published", job.doing))?;
+    if ended == launch::Ended::Stopped {
+        return Err(super::Cancelled.into());
+    }
+    Ok(())
+}
+
+/// In a rank: the job its stage wrote.
+pub fn read_job<J: DeserializeOwned>(path: &Path) -> Result<J> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The device a job names (`gpu`, else the CPU).
+pub fn job_device(name: &str) -> Resolved {
+    match name {
+        "gpu" => Resolved::Gpu,
+        _ => Resolved::Cpu,
+    }
+}
+
+/// The step at which [`ABORT_ENV`] makes this rank abort, if it names this rank.
+pub fn abort_hook(rank: usize) -> Result<Option<u64>> {
+    let Ok(spec) = std::env::var(ABORT_ENV) else {
+        return Ok(None);
+    };
+    let parsed = spec
+        .split_once(':')
+        .and_then(|(r, s)| Some((r.parse::<usize>().ok()?, s.parse::<u64>().ok()?)));
+    let (r, step) = parsed.with_context(|| format!("{ABORT_ENV}={spec}: expected RANK:STEP"))?;
+    Ok((r == rank).then_some(step))
+}
+
+/// [`HOLD_ENV`]'s wait, if it is set: Ok at once without it, else
+/// [`super::Cancelled`] once `cancel` is.
+pub fn hold_hook(rank: usize, cancel: &CancelToken) -> Result<()> {
+    let Ok(dir) = std::env::var(HOLD_ENV) else {
+        return Ok(());
+    };
+    let dir = Path::new(&dir);
+    let tmp = dir.join(format!(".rank-{rank}.pid"));
+    std::fs::write(&tmp, std::process::id().to_string())
+        .and_then(|()| std::fs::rename(&tmp, dir.join(format!("rank-{rank}.pid"))))
+        .with_context(|| format!("{HOLD_ENV}: writing into {}", dir.display()))?;
+    loop {
+        cancel.check()?;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A kind's rank entry: runs one rank of the job in the file it is given.
+pub type Entry = fn(&Path, &CancelToken) -> Result<()>;
+
+/// The rank entry of `kind`, if that kind runs ranks.
+pub fn entry(kind: &str) -> Option<Entry> {
+    match kind {
+        "train" => Some(super::train::run_rank),
+        "index" => Some(super::index::run_rank),
+        _ => None,
+    }
+}
