@@ -1,9 +1,9 @@
 //! The token codec of the multi-vector index (PLAID's compression): spherical
 //! k-means over token embeddings (assignments are MLX matrix products and
 //! argmaxes), then each token is its nearest centroid's id plus its residual
-//! quantised to 2 or 4 bits per dimension, with per-dimension bucket cutoffs at
-//! the residuals' quantiles and each bucket decoded as its mean. Seeded: the same
-//! tokens and params give the same codec.
+//! quantised to 2 or 4 bits per dimension by a per-dimension least-squares
+//! (Lloyd-Max) scalar quantiser, started from cutoffs at the residuals'
+//! quantiles. Seeded: the same tokens and params give the same codec.
 
 use anyhow::{bail, Context, Result};
 
@@ -297,8 +297,16 @@ fn update_centroids(sample: &[f32], dim: usize, assigned: &[u32], centroids: &mu
     normalize_rows(centroids, dim);
 }
 
-/// Per dimension: cutoffs at the residuals' `j / levels` quantiles, and each
-/// bucket's mean as its value (the midpoint of its cutoffs when empty).
+/// Lloyd iterations refining a dimension's quantile buckets.
+const LLOYD_ROUNDS: usize = 300;
+
+/// Per dimension, the scalar quantiser of the residuals with the least squared
+/// error (Lloyd-Max): starting from cutoffs at the `j / levels` quantiles and
+/// each bucket's mean as its value (ColBERTv2's buckets), alternately put each
+/// cutoff midway between its neighbouring values and each value at its bucket's
+/// mean. Every round can only lower the error; on Gaussian residuals at 4 bits
+/// it falls from ~0.0115σ² (equal-count buckets) to Lloyd-Max's 0.0095σ²,
+/// which is what separates near-tied documents once a corpus grows.
 fn buckets(
     sample: &[f32],
     dim: usize,
@@ -316,32 +324,54 @@ fn buckets(
             column[t] = x[d] - centroids[a as usize * dim + d];
         }
         column.sort_by(f32::total_cmp);
-        let cuts: Vec<f32> = (1..levels)
-            .map(|j| column[(j * n / levels).min(n - 1)])
-            .collect();
-        for j in 0..levels {
-            let lo = column.partition_point(|&v| j > 0 && v < cuts[j - 1]);
-            let hi = if j + 1 < levels {
-                column.partition_point(|&v| v < cuts[j])
-            } else {
-                n
-            };
-            let w = if hi > lo {
-                column[lo..hi].iter().sum::<f32>() / (hi - lo) as f32
-            } else {
-                let below = if j > 0 { cuts[j - 1] } else { cuts[0] };
-                let above = if j + 1 < levels {
-                    cuts[j]
-                } else {
-                    cuts[levels - 2]
-                };
-                (below + above) / 2.0
-            };
-            weights.push(w);
-        }
+        let (cuts, values) = lloyd_max(&column, levels);
+        weights.extend(values);
         cutoffs.extend(cuts);
     }
     (cutoffs, weights)
+}
+
+/// The `levels - 1` cutoffs and `levels` values of the least-squares scalar
+/// quantiser of `sorted` (ascending, non-empty), from quantile buckets.
+fn lloyd_max(sorted: &[f32], levels: usize) -> (Vec<f32>, Vec<f32>) {
+    let n = sorted.len();
+    // prefix[i]: the sum of the first i values (f64: n may be in the millions).
+    let mut prefix = Vec::with_capacity(n + 1);
+    prefix.push(0f64);
+    for &v in sorted {
+        prefix.push(prefix[prefix.len() - 1] + f64::from(v));
+    }
+    let mut cuts: Vec<f32> = (1..levels)
+        .map(|j| sorted[(j * n / levels).min(n - 1)])
+        .collect();
+    let mut values = vec![0f32; levels];
+    for round in 0..=LLOYD_ROUNDS {
+        if round > 0 {
+            for j in 0..levels - 1 {
+                cuts[j] = (values[j] + values[j + 1]) / 2.0;
+            }
+        }
+        let mut lo = 0;
+        for j in 0..levels {
+            let hi = if j + 1 < levels {
+                sorted.partition_point(|&v| v < cuts[j])
+            } else {
+                n
+            };
+            values[j] = if hi > lo {
+                ((prefix[hi] - prefix[lo]) / (hi - lo) as f64) as f32
+            } else if round > 0 {
+                values[j] // an empty bucket keeps its value
+            } else {
+                // Empty from the start (many equal residuals): its cutoffs' midpoint.
+                let below = cuts[j.saturating_sub(1)];
+                let above = cuts[j.min(levels - 2)];
+                (below + above) / 2.0
+            };
+            lo = hi;
+        }
+    }
+    (cuts, values)
 }
 
 #[cfg(test)]
@@ -408,6 +438,65 @@ mod tests {
             }
             let mse = err / tokens.len() as f32;
             assert!(mse < tolerance * tolerance, "{nbits} bits: mse {mse}");
+        }
+    }
+
+    /// Squared error of quantising `sorted` with `cuts` and `values`.
+    fn quantisation_mse(sorted: &[f32], cuts: &[f32], values: &[f32]) -> f64 {
+        sorted
+            .iter()
+            .map(|&v| {
+                let q = values[cuts.partition_point(|&c| c <= v)];
+                f64::from(v - q).powi(2)
+            })
+            .sum::<f64>()
+            / sorted.len() as f64
+    }
+
+    #[test]
+    fn buckets_reach_the_lloyd_max_error_on_gaussian_residuals() {
+        // Standard normal samples (Box-Muller over the codec's seeded Rng).
+        let mut rng = Rng::new(7);
+        let mut unit = || (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let mut sorted: Vec<f32> = (0..200_000)
+            .map(|_| {
+                let (u, v) = (unit().max(1e-300), unit());
+                ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+            })
+            .collect();
+        sorted.sort_by(f32::total_cmp);
+        // Max's tables: 16 levels 0.009497, 4 levels 0.1175 (unit variance).
+        for (levels, optimum) in [(16usize, 0.009497f64), (4, 0.1175)] {
+            let (cuts, values) = lloyd_max(&sorted, levels);
+            let mse = quantisation_mse(&sorted, &cuts, &values);
+            assert!(
+                (mse - optimum).abs() < 0.04 * optimum,
+                "{levels} levels: mse {mse}, Lloyd-Max {optimum}"
+            );
+            // The quantile start (equal-count buckets, bucket means) is worse.
+            let n = sorted.len();
+            let qcuts: Vec<f32> = (1..levels).map(|j| sorted[j * n / levels]).collect();
+            let mut qvalues = Vec::new();
+            let mut lo = 0;
+            for j in 0..levels {
+                let hi = if j + 1 < levels {
+                    j * n / levels + n / levels
+                } else {
+                    n
+                };
+                let hi = hi.min(n);
+                qvalues.push(
+                    sorted[lo..hi].iter().map(|&v| f64::from(v)).sum::<f64>() as f32
+                        / (hi - lo) as f32,
+                );
+                lo = hi;
+            }
+            let start = quantisation_mse(&sorted, &qcuts, &qvalues);
+            assert!(
+                mse < 0.95 * start,
+                "{levels} levels: {mse} against the start's {start}"
+            );
+            assert!(values.windows(2).all(|w| w[0] < w[1]) && cuts.windows(2).all(|w| w[0] < w[1]));
         }
     }
 

@@ -36,7 +36,8 @@ use crate::search::{
 
 pub const KIND: Kind = Kind {
     name: "index",
-    version: 1,
+    // 2: residual buckets by Lloyd-Max, not quantiles alone.
+    version: 2,
     summary: "index source trees for code search: BM25 + compressed multi-vector embeddings",
     template: include_str!("../../stages/index.toml"),
     inputs: &[InputRole {
