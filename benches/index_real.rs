@@ -1,0 +1,292 @@
+//! The index build with the embeddings given, on real code: the units of a
+//! source tree embedded once by a model (cached in a shard file, so later runs
+//! skip the model), then timed: the build from those embeddings (k-means, the
+//! codec, BM25, the files), the index size per million tokens, and queries —
+//! each a documented unit's doc comment embedded as a query — on one thread:
+//! semantic p50/p95 and recall@10 against exact MaxSim over the uncompressed
+//! vectors, and hybrid (BM25 + semantic, RRF) p50/p95 with the query's vectors
+//! given.
+//!
+//!   cargo bench --bench index_real -- --path DIR --lang python --model DIR \
+//!       [--cache FILE] [--exclude GLOB]... [--queries 100] [--nbits 4] \
+//!       [--nprobe 2,4] [--candidates 256] [--rerank 32,64]
+//!
+//! Without `--cache` the embeddings are made and dropped. The embedding pass
+//! prints its own throughput (units/s, tokens/s) when it runs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use rayon::prelude::*;
+use xtr_pipe::cancel::CancelToken;
+use xtr_pipe::dataset::Lang;
+use xtr_pipe::eval::Latency;
+use xtr_pipe::search::codec::CodecParams;
+use xtr_pipe::search::maxsim::{self, TokenVectors};
+use xtr_pipe::search::mv::{MvIndex, SearchParams};
+use xtr_pipe::search::shard::Shard;
+use xtr_pipe::search::{
+    collect, embed_units, BuildOptions, CollectOptions, Embedded, Embedder, Index, Mode,
+    ModelEmbedder, SearchOptions, SourceRoot,
+};
+
+/// `8` or `4,8,16`.
+fn list(value: &str) -> Result<Vec<usize>> {
+    value
+        .split(',')
+        .map(|v| v.trim().parse().context("not a number"))
+        .collect()
+}
+
+/// Serves the queries' precomputed vectors, so a hybrid search is timed with
+/// its embedding given; documents were embedded before.
+struct Given {
+    dim: usize,
+    name: String,
+    queries: HashMap<String, TokenVectors>,
+}
+
+impl Embedder for Given {
+    fn dim(&self) -> usize {
+        self.dim
+    }
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn embed_documents(&self, _: &[&str]) -> Result<Vec<TokenVectors>> {
+        bail!("the documents' embeddings are given")
+    }
+    fn embed_query(&self, text: &str) -> Result<TokenVectors> {
+        self.queries
+            .get(text)
+            .cloned()
+            .with_context(|| format!("no vectors given for the query {text:?}"))
+    }
+}
+
+/// The units' embeddings: read from `cache` when it holds this tree's, else
+/// made with `model` (and written to `cache`).
+fn embeddings(
+    units: &[xtr_pipe::search::Unit],
+    model: &ModelEmbedder,
+    cache: Option<&Path>,
+) -> Result<Embedded> {
+    if let Some(path) = cache.filter(|p| p.exists()) {
+        let shard = Shard::read(path)?;
+        ensure!(
+            shard.total_units == units.len() && shard.model == model.name(),
+            "{} holds {} units of {}, not {} of {}: delete it to embed again",
+            path.display(),
+            shard.total_units,
+            shard.model,
+            units.len(),
+            model.name()
+        );
+        println!("embeddings: read from {}", path.display());
+        return Ok(shard.embedded);
+    }
+    let started = Instant::now();
+    let all: Vec<usize> = (0..units.len()).collect();
+    let embedded = embed_units(
+        units,
+        &all,
+        model,
+        &BuildOptions::default(),
+        &CancelToken::new(),
+    )?;
+    let s = started.elapsed().as_secs_f64();
+    println!(
+        "embedding: {} units, {} tokens in {s:.1}s ({:.1} units/s, {:.0} tokens/s, both cores)",
+        units.len(),
+        embedded.tokens(),
+        units.len() as f64 / s,
+        embedded.tokens() as f64 / s
+    );
+    if let Some(path) = cache {
+        Shard {
+            rank: 0,
+            ranks: 1,
+            total_units: units.len(),
+            model: model.name(),
+            units: all,
+            embedded: embedded.clone(),
+        }
+        .write(path)?;
+    }
+    Ok(embedded)
+}
+
+fn main() -> Result<()> {
+    let mut path: Option<PathBuf> = None;
+    let mut lang = "python".to_string();
+    let mut model: Option<PathBuf> = None;
+    let mut cache: Option<PathBuf> = None;
+    let mut exclude: Vec<String> = Vec::new();
+    let mut queries = 100usize;
+    let mut nbits = 4u8;
+    let mut nprobe = vec![2, 4];
+    let mut candidates = vec![256];
+    let mut rerank = vec![32, 64];
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--bench" {
+            continue; // cargo bench passes it
+        }
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        let bad = || format!("bad value {value:?} for {flag}");
+        match flag.as_str() {
+            "--path" => path = Some(value.into()),
+            "--lang" => lang = value,
+            "--model" => model = Some(value.into()),
+            "--cache" => cache = Some(value.into()),
+            "--exclude" => exclude.push(value),
+            "--queries" => queries = value.parse().with_context(bad)?,
+            "--nbits" => nbits = value.parse().with_context(bad)?,
+            "--nprobe" => nprobe = list(&value).with_context(bad)?,
+            "--candidates" => candidates = list(&value).with_context(bad)?,
+            "--rerank" => rerank = list(&value).with_context(bad)?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    let path = path.context("--path DIR: the source tree to index")?;
+    let model_dir = model.context("--model DIR: the model that embeds it")?;
+    xtr_pipe::mlx::quiet_blas_threads();
+    let lang: Lang = serde_json::from_value(serde_json::Value::String(lang))?;
+    let cancel = CancelToken::new();
+    let mut opts = CollectOptions::default();
+    opts.exclude.extend(exclude);
+    let units = collect(
+        &[SourceRoot {
+            path: path.clone(),
+            prefix: String::new(),
+            langs: vec![lang],
+        }],
+        &opts,
+        &cancel,
+    )?;
+    ensure!(!units.is_empty(), "no units under {}", path.display());
+    let model = ModelEmbedder::open(&model_dir, 256, 32)?;
+    let embedded = embeddings(&units, &model, cache.as_deref())?;
+    let tokens = embedded.tokens();
+    println!(
+        "corpus: {} units, {tokens} tokens, dim {}",
+        units.len(),
+        embedded.dim
+    );
+
+    // Queries: the doc comments of documented units, evenly spaced.
+    let documented: Vec<usize> = (0..units.len())
+        .filter(|&i| units[i].doc.split_whitespace().count() >= 4)
+        .collect();
+    ensure!(!documented.is_empty(), "no documented units to query with");
+    let step = (documented.len() / queries.max(1)).max(1);
+    let picked: Vec<usize> = documented
+        .iter()
+        .step_by(step)
+        .take(queries)
+        .copied()
+        .collect();
+    let mut texts = Vec::new();
+    let mut given = HashMap::new();
+    for &i in &picked {
+        let text = units[i].doc.clone();
+        given.insert(text.clone(), model.embed_query(&text)?);
+        texts.push(text);
+    }
+    let query_vectors: Vec<&TokenVectors> = texts.iter().map(|t| &given[t]).collect();
+    let truth: Vec<Vec<u32>> = query_vectors
+        .par_iter()
+        .map(|q| {
+            let docs = (0..embedded.docs()).map(|d| embedded.doc(d));
+            maxsim::top_k(q, docs, 10)
+                .into_iter()
+                .map(|h| h.0)
+                .collect()
+        })
+        .collect();
+
+    let dir = tempfile::tempdir()?;
+    let build = BuildOptions {
+        codec: CodecParams {
+            nbits,
+            ..CodecParams::default()
+        },
+        ..BuildOptions::default()
+    };
+    let started = Instant::now();
+    let (index, stats) = Index::build_embedded(
+        &dir.path().join("index"),
+        units,
+        embedded,
+        &model.name(),
+        &build,
+        &cancel,
+    )?;
+    let built = started.elapsed().as_secs_f64();
+    let mib = index.mv_bytes() as f64 / f64::from(1 << 20);
+    println!(
+        "build from the embeddings: {built:.1}s (codec {:.1}s), mv.bin {mib:.1} MiB = {:.1} MiB per million tokens, {nbits} bits",
+        stats.codec_seconds,
+        mib / (tokens as f64 / 1e6)
+    );
+
+    let mv = MvIndex::open(&dir.path().join("index").join("mv.bin"))?;
+    for &probe in &nprobe {
+        for &cands in &candidates {
+            for &re in &rerank {
+                let p = SearchParams {
+                    k: 10,
+                    nprobe: probe,
+                    candidates: cands,
+                    rerank: re,
+                    exhaustive: false,
+                    exhaustive_below: 0,
+                };
+                for q in query_vectors.iter().take(5) {
+                    mv.search(q, &p)?; // pages the file in
+                }
+                let mut times: Vec<Duration> = Vec::new();
+                let mut found = 0;
+                for (q, t) in query_vectors.iter().zip(&truth) {
+                    let s = Instant::now();
+                    let hits = mv.search(q, &p)?;
+                    times.push(s.elapsed());
+                    found += hits.iter().filter(|h| t.contains(&h.0)).count();
+                }
+                let l = Latency::of(&times);
+                println!(
+                    "semantic nprobe {probe} candidates {cands} rerank {re}: p50 {:.2} ms, p95 {:.2} ms, recall@10 vs exact {:.3}",
+                    l.p50_ms,
+                    l.p95_ms,
+                    found as f64 / (10 * truth.len()) as f64
+                );
+            }
+        }
+    }
+
+    let given = Given {
+        dim: model.dim(),
+        name: model.name(),
+        queries: given,
+    };
+    let search = SearchOptions {
+        mode: Mode::HybridRrf,
+        ..SearchOptions::default()
+    };
+    let mut times: Vec<Duration> = Vec::new();
+    for (n, text) in texts.iter().enumerate() {
+        let s = Instant::now();
+        index.search(text, Some(&given), &search)?;
+        if n >= 5 {
+            times.push(s.elapsed());
+        }
+    }
+    let l = Latency::of(&times);
+    println!(
+        "hybrid (rrf, default engine settings, query vectors given): p50 {:.2} ms, p95 {:.2} ms",
+        l.p50_ms, l.p95_ms
+    );
+    Ok(())
+}
