@@ -331,6 +331,20 @@ mod tests {
     }
 
     #[test]
+    fn the_grouped_batch_order_enters_keys_only_with_accumulation() {
+        let params = |own: &str| {
+            let own = format!("model = \"tests/fixtures/tiny_bert\"\ndevice = \"cpu\"\n{own}");
+            let spec = crate::stages::template_spec(&KIND, &own).unwrap();
+            configure(&spec).map_err(|e| e.render()).unwrap().params
+        };
+        // One micro-batch per update: the order, and so the key, are as before.
+        assert!(params("grad_accum = 1\n").get("batch_order").is_none());
+        let grouped = params("grad_accum = 4\n");
+        assert_eq!(grouped["batch_order"], "update-grouped");
+        assert!(grouped.get("gpus").is_none(), "gpus is not in the key");
+    }
+
+    #[test]
     fn bad_values_are_located_errors() {
         let spec = crate::stages::template_spec(&KIND, "batch_size = 1\nlrr = 1\n").unwrap();
         let err = configure(&spec)
