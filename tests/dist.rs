@@ -180,6 +180,73 @@ fn a_rank_that_dies_fails_the_stage_and_a_one_rank_run_resumes_its_checkpoint() 
     the_same_model(&artifact(&reference.json(&["run", "p.toml"])), &dir);
 }
 
+/// The step a `train: interrupted at step N` line in `log` names.
+fn interrupted_at(log: &str) -> Option<u64> {
+    let rest = log.split("train: interrupted at step ").nth(1)?;
+    rest.split(';').next()?.trim().parse().ok()
+}
+
+#[test]
+fn ctrl_c_stops_every_training_rank_at_the_same_update_and_keeps_the_checkpoint() {
+    let p = project(2);
+    // Far more updates than the test waits for: it interrupts after the first checkpoint.
+    let long = [
+        "--set",
+        "train.max_steps=1000000",
+        "--set",
+        "train.epochs=100000",
+    ];
+    let args = |first: &[&'static str]| -> Vec<&'static str> {
+        first.iter().chain(&long).copied().collect()
+    };
+    let plan = p.json(&args(&["run", "p.toml", "--dry-run"]));
+    let key = stage(&plan, "train")["key"].as_str().unwrap().to_string();
+    let dataset = stage(&plan, "dataset")["key"].as_str().unwrap().to_string();
+    let work = p.path(&format!("artifacts/.work/{key}"));
+    let child = p
+        .command(&args(&["run", "p.toml", "--json"]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run xtr-pipe");
+    assert!(
+        wait_for_file(
+            &work.join("checkpoint.safetensors"),
+            Duration::from_secs(120)
+        ),
+        "no checkpoint was written"
+    );
+    let interrupted = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(20),
+        "the ranks took {:?} to stop",
+        interrupted.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "interrupted", "{report}");
+    assert_eq!(p.artifacts(), vec![dataset], "an interrupted job published");
+    assert!(
+        work.join("checkpoint.safetensors").exists(),
+        "the checkpoint is gone"
+    );
+    // Both ranks stopped after the same update (the stop travels with the all-sum).
+    let log0 = stage(&report, "train")["log"]
+        .as_str()
+        .map(|path| std::fs::read_to_string(path).unwrap_or_default())
+        .unwrap_or_default();
+    let log1 = std::fs::read_to_string(work.join("rank-1.log")).unwrap_or_default();
+    let step0 = interrupted_at(&log0);
+    assert!(step0.is_some(), "rank 0 did not log its stop:\n{log0}");
+    assert_eq!(
+        step0,
+        interrupted_at(&log1),
+        "rank 1 stopped elsewhere:\n{log1}"
+    );
+}
+
 /// An index of 40 documented Python functions with the word-level fixture, its
 /// embedding pass on `gpus` ranks (at 2: two batches of 20 units where one
 /// process embeds 32 + 8, so padding and batch shapes differ).
