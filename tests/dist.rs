@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::Stdio;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{stage, stderr, wait_for_file, Project};
@@ -117,6 +117,46 @@ fn the_same_model(a: &str, b: &str) {
     );
 }
 
+/// Runs `p.toml` with rank 1 of 2 aborting as `XTR_TEST_RANK_ABORT=abort`
+/// says; `stage` must fail naming that rank and saying nothing was published.
+/// Returns the run's report.
+fn run_with_a_dead_rank(p: &Project, abort: &str, name: &str) -> serde_json::Value {
+    let out = p
+        .command(&["run", "p.toml", "--json"])
+        .env("XTR_TEST_RANK_ABORT", abort)
+        .output()
+        .expect("run xtr-pipe");
+    assert!(!out.status.success(), "the stage survived a dead rank");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    let failed = stage(&report, name);
+    assert_eq!(failed["status"], "failed", "{report}");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("rank 1 of 2") && error.contains("nothing was published"),
+        "{error}\n{}",
+        stderr(&out)
+    );
+    report
+}
+
+/// Sends SIGINT to `child` (a `run --json` whose ranks are all running) and
+/// waits: the run must end interrupted with exit 130, well inside launch's
+/// 30 s grace (the ranks stopped on SIGTERM themselves). Returns its report.
+fn interrupt(child: Child) -> serde_json::Value {
+    let interrupted = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        interrupted.elapsed() < Duration::from_secs(20),
+        "the ranks took {:?} to stop",
+        interrupted.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(130));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["status"], "interrupted", "{report}");
+    report
+}
+
 #[test]
 fn two_cpu_ranks_train_the_model_one_process_trains_under_the_same_key() {
     let one = project(1);
@@ -147,21 +187,7 @@ fn two_cpu_ranks_train_the_model_one_process_trains_under_the_same_key() {
 #[test]
 fn a_rank_that_dies_fails_the_stage_and_a_one_rank_run_resumes_its_checkpoint() {
     let p = project(2);
-    let out = p
-        .command(&["run", "p.toml", "--json"])
-        .env("XTR_TEST_RANK_ABORT", "1:2")
-        .output()
-        .expect("run xtr-pipe");
-    assert!(!out.status.success(), "the stage survived a dead rank");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    let train = stage(&report, "train");
-    assert_eq!(train["status"], "failed", "{report}");
-    let error = train["error"].as_str().unwrap_or_default();
-    assert!(
-        error.contains("rank 1 of 2") && error.contains("nothing was published"),
-        "{error}\n{}",
-        stderr(&out)
-    );
+    let report = run_with_a_dead_rank(&p, "1:2", "train");
     let dataset = stage(&report, "dataset")["key"]
         .as_str()
         .unwrap()
@@ -216,17 +242,7 @@ fn ctrl_c_stops_every_training_rank_at_the_same_update_and_keeps_the_checkpoint(
         ),
         "no checkpoint was written"
     );
-    let interrupted = Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        interrupted.elapsed() < Duration::from_secs(20),
-        "the ranks took {:?} to stop",
-        interrupted.elapsed()
-    );
-    assert_eq!(out.status.code(), Some(130));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["status"], "interrupted", "{report}");
+    let report = interrupt(child);
     assert_eq!(p.artifacts(), vec![dataset], "an interrupted job published");
     assert!(
         work.join("checkpoint.safetensors").exists(),
@@ -350,21 +366,7 @@ fn two_cpu_ranks_embed_the_index_one_process_builds_under_the_same_key() {
 #[test]
 fn an_embedding_rank_that_dies_fails_the_index_stage_publishing_nothing() {
     let p = index_project(2);
-    let out = p
-        .command(&["run", "p.toml", "--json"])
-        .env("XTR_TEST_RANK_ABORT", "1:0")
-        .output()
-        .expect("run xtr-pipe");
-    assert!(!out.status.success(), "the stage survived a dead rank");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    let index = stage(&report, "index");
-    assert_eq!(index["status"], "failed", "{report}");
-    let error = index["error"].as_str().unwrap_or_default();
-    assert!(
-        error.contains("rank 1 of 2") && error.contains("nothing was published"),
-        "{error}\n{}",
-        stderr(&out)
-    );
+    run_with_a_dead_rank(&p, "1:0", "index");
     assert!(p.artifacts().is_empty(), "a failed job published");
 }
 
@@ -387,18 +389,7 @@ fn ctrl_c_stops_every_embedding_rank_and_publishes_nothing() {
             "rank {rank} never got to its shard"
         );
     }
-    let interrupted = Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    // Well inside launch's 30 s grace: the ranks stopped on SIGTERM themselves.
-    assert!(
-        interrupted.elapsed() < Duration::from_secs(20),
-        "the ranks took {:?} to stop",
-        interrupted.elapsed()
-    );
-    assert_eq!(out.status.code(), Some(130));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["status"], "interrupted", "{report}");
+    interrupt(child);
     assert!(p.artifacts().is_empty(), "an interrupted job published");
     for rank in 0..2 {
         let pid: i32 = std::fs::read_to_string(pid_file(rank))

@@ -196,9 +196,7 @@ impl Index {
         cancel: &CancelToken,
     ) -> Result<(Index, BuildStats)> {
         let started = Instant::now();
-        if units.is_empty() {
-            bail!("nothing to index: no units were found");
-        }
+        // No units embed to nothing, and build_embedded refuses them.
         let all: Vec<usize> = (0..units.len()).collect();
         let embedded = embed_units(&units, &all, embedder, opts, cancel)?;
         let embed_seconds = started.elapsed().as_secs_f64();

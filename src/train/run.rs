@@ -310,7 +310,10 @@ pub fn train(
         }
         let started = Instant::now();
         let first = run.step * cfg.grad_accum as u64;
-        let mine = micro_cache.shard(&stream, first, cfg.grad_accum, rank, size)?;
+        let mine = (0..cfg.grad_accum)
+            .filter(|i| i % size == rank)
+            .map(|i| Ok((i, micro_cache.batch(&stream, first + i as u64)?)))
+            .collect::<Result<Vec<(usize, Batch)>>>()?;
         session.data_seconds += started.elapsed().as_secs_f64();
         let lr = schedule.lr(run.step);
         let stats = match ranks {
@@ -705,8 +708,7 @@ struct EpochCache {
 }
 
 impl EpochCache {
-    /// The example indices of micro-batch `global`.
-    fn indices(&mut self, stream: &Stream, global: u64) -> Result<Vec<usize>> {
+    fn batch(&mut self, stream: &Stream, global: u64) -> Result<Batch> {
         let pos = stream.position(global);
         if self.epoch != Some(pos.epoch) {
             self.batches = stream.batcher.epoch(pos.epoch);
@@ -719,27 +721,7 @@ impl EpochCache {
                 pos.batch
             );
         };
-        Ok(indices.clone())
-    }
-
-    /// The micro-batches `(index in the update, batch)` of the update whose
-    /// first is `first` that fall to `rank` of `size` (micro-batch `i` to rank
-    /// `i % size`).
-    fn shard(
-        &mut self,
-        stream: &Stream,
-        first: u64,
-        count: usize,
-        rank: usize,
-        size: usize,
-    ) -> Result<Vec<(usize, Batch)>> {
-        (0..count)
-            .filter(|i| i % size == rank)
-            .map(|i| {
-                let indices = self.indices(stream, first + i as u64)?;
-                Ok((i, stream.batcher.batch(&indices)?))
-            })
-            .collect()
+        stream.batcher.batch(indices)
     }
 }
 
