@@ -2,8 +2,9 @@
 # The data-parallel benchmark on a machine with 2 NVIDIA GPUs (BENCHMARKS.md):
 # the train stage of pipelines/dist-bench.toml at gpus = 1 and 2, batch 64 and
 # 256 per GPU, one line per run: samples/s over the whole run and the median of
-# the steps after the fifth, rank 0's share of step time spent in the all-sum,
-# the validation loss. BIN is xtr-pipe built against the mlx-cpu wheel and run
+# the steps after the fifth, the validation loss; with XTR_PIPE_TIME_SYNC=1
+# also rank 0's share of step time spent in the all-sum (timing it costs a host
+# round trip per update, so the throughput runs leave it off). BIN is xtr-pipe built against the mlx-cpu wheel and run
 # against the CUDA libmlx (see scripts/gpu-check.sh); PIPELINE defaults to
 # pipelines/dist-bench.toml.
 #
@@ -34,7 +35,7 @@ sync = [float(m) for m in re.findall(r"^step .* sync ([\d.]+) ms", log, re.M)][5
 print(json.dumps({"run": name, "ranks": t["ranks"], "batch": t["config"]["batch_size"],
   "grad_accum": t["config"]["grad_accum"], "steps": t["steps"],
   "samples_per_s_run": round(t["samples_per_s"], 1), "samples_per_s_steady": round(steady, 1),
-  "sync_share": round(t["sync_seconds"] / max(t["train_seconds"], 1e-9), 4),
+  "sync_share": round(t["sync_seconds"] / max(t["train_seconds"], 1e-9), 4) if t.get("sync_seconds") is not None else None,
   "sync_ms_median": round(statistics.median(sync), 2) if sync else None,
   "sync_ms_min": round(min(sync), 2) if sync else None,
   "val_loss": t["val_loss"], "final_loss": t["final_loss"], "stage_seconds": round(st["seconds"], 1)}))

@@ -222,8 +222,12 @@ pub(crate) mod sys {
             rate: f32,
         ) -> Result<UniquePtr<MxArray>>;
 
+        // linear algebra
+        fn xtr_eigh(a: &MxArray) -> Result<UniquePtr<ArrayVec>>;
+
         // transforms
         fn eval(arrays: &ArrayVec) -> Result<()>;
+        fn async_eval(arrays: &ArrayVec) -> Result<()>;
         fn value_and_grad(
             fun: Box<Closure>,
             params: &ArrayVec,

@@ -20,6 +20,7 @@ mod ffi;
 pub mod io;
 pub mod kernels;
 pub mod launch;
+pub mod linalg;
 pub mod ops;
 pub mod random;
 pub mod transforms;
@@ -30,7 +31,7 @@ pub(crate) use device::gpu_test;
 pub use device::{gpu_is_available, synchronize, Device, DeviceInfo, DeviceType};
 pub use dtype::Dtype;
 pub use error::{Exception, Result};
-pub use transforms::{compile, eval, value_and_grad, value_and_grad_argnums, Compiled};
+pub use transforms::{async_eval, compile, eval, value_and_grad, value_and_grad_argnums, Compiled};
 
 /// Which shared library provides the `cblas_sgemm` that MLX calls (the first
 /// definition in the process's global symbol lookup). On Linux this should be

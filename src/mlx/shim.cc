@@ -319,6 +319,8 @@ ArrayPtr scaled_dot_product_attention(const array &q, const array &k, const arra
 // ---- transforms ----
 void eval(const ArrayVec &arrays) { mx::eval(arrays.items); }
 
+void async_eval(const ArrayVec &arrays) { mx::async_eval(arrays.items); }
+
 VagOutput value_and_grad(rust::Box<Closure> fun, const ArrayVec &params,
                          rust::Slice<const int32_t> argnums) {
   auto closure = std::make_shared<rust::Box<Closure>>(std::move(fun));
@@ -336,6 +338,11 @@ std::unique_ptr<CompiledFn> compile(rust::Box<Closure> fun, bool shapeless) {
   std::function<std::vector<array>(const std::vector<array> &)> f =
       [closure](const std::vector<array> &args) { return call_rust(**closure, args); };
   return std::make_unique<CompiledFn>(CompiledFn{mx::compile(std::move(f), shapeless)});
+}
+
+std::unique_ptr<ArrayVec> xtr_eigh(const array &a) {
+  auto [values, vectors] = mx::linalg::eigh(a, "L", mx::Device::cpu);
+  return std::make_unique<ArrayVec>(ArrayVec{{values, vectors}});
 }
 
 std::unique_ptr<ArrayVec> compiled_call(const CompiledFn &f, const ArrayVec &args) {

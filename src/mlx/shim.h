@@ -182,8 +182,12 @@ ArrayPtr xtr_gpu_act_dropout(const array &a, const array &gate, bool gated, int3
                              const array &key, float rate);
 ArrayPtr xtr_gpu_add_dropout(const array &h, const array &x, const array &key, float rate);
 
+// ---- linear algebra (on the CPU stream: MLX has no GPU kernels for these) ----
+std::unique_ptr<ArrayVec> xtr_eigh(const array &a);
+
 // ---- transforms ----
 void eval(const ArrayVec &arrays);
+void async_eval(const ArrayVec &arrays);
 VagOutput value_and_grad(rust::Box<Closure> fun, const ArrayVec &params,
                          rust::Slice<const int32_t> argnums);
 std::unique_ptr<CompiledFn> compile(rust::Box<Closure> fun, bool shapeless);

@@ -546,3 +546,30 @@ fn joining_a_ring_without_its_environment_names_the_variables() {
         "{err}"
     );
 }
+
+/// A symmetric matrix with known eigenpairs: diag(3, 1) rotated by 45°.
+#[test]
+fn eigh_gives_ascending_eigenvalues_and_their_vectors() -> Result<()> {
+    let a = Array::from_slice(&[2.0f32, 1.0, 1.0, 2.0], &[2, 2])?;
+    let (values, vectors) = super::linalg::eigh(&a)?;
+    let w = vals(&values);
+    assert!(
+        (w[0] - 1.0).abs() < 1e-5 && (w[1] - 3.0).abs() < 1e-5,
+        "{w:?}"
+    );
+    // A v = w v for each column v.
+    let av = vals(&ops::matmul(&a, &vectors)?);
+    let v = vals(&vectors);
+    for col in 0..2 {
+        for row in 0..2 {
+            let i = row * 2 + col;
+            assert!(
+                (av[i] - w[col] * v[i]).abs() < 1e-5,
+                "column {col}: {av:?} {v:?}"
+            );
+        }
+        let norm = (v[col] * v[col] + v[2 + col] * v[2 + col]).sqrt();
+        assert!((norm - 1.0).abs() < 1e-5);
+    }
+    Ok(())
+}

@@ -95,7 +95,7 @@ pub(crate) fn from_vec(v: &ArrayVec) -> Result<Vec<Array>> {
         .collect()
 }
 
-fn from_vec_ptr(v: &UniquePtr<ArrayVec>) -> Result<Vec<Array>> {
+pub(crate) fn from_vec_ptr(v: &UniquePtr<ArrayVec>) -> Result<Vec<Array>> {
     match v.as_ref() {
         Some(v) => from_vec(v),
         None => Err(Exception::new("MLX shim returned no array list")),
@@ -106,6 +106,13 @@ fn from_vec_ptr(v: &UniquePtr<ArrayVec>) -> Result<Vec<Array>> {
 pub fn eval<'a>(outputs: impl IntoIterator<Item = &'a Array>) -> Result<()> {
     let arrays: Vec<&Array> = outputs.into_iter().collect();
     Ok(sys::eval(&to_vec(&arrays))?)
+}
+
+/// Starts evaluating the arrays and returns without waiting: the host may
+/// build the next graph meanwhile. Reading an array (or [`eval`]) waits for it.
+pub fn async_eval<'a>(outputs: impl IntoIterator<Item = &'a Array>) -> Result<()> {
+    let arrays: Vec<&Array> = outputs.into_iter().collect();
+    Ok(sys::async_eval(&to_vec(&arrays))?)
 }
 
 /// Runs `f` on `params` and differentiates its first output (a scalar) with

@@ -37,6 +37,17 @@ impl Default for Gpus {
 /// for the first kind that had ranks.)
 pub const BACKEND_ENV: &str = "XTR_TRAIN_BACKEND";
 
+/// `1` makes train ranks evaluate and time each update's all-sum on its own
+/// (`sync` in the step log, `sync_seconds` in `train.json`): one host round
+/// trip more per update, for measuring what the collective costs. The result
+/// is the same with and without it.
+pub const TIME_SYNC_ENV: &str = "XTR_PIPE_TIME_SYNC";
+
+/// Whether [`TIME_SYNC_ENV`] asks for the all-sum to be timed.
+pub fn time_sync() -> bool {
+    std::env::var(TIME_SYNC_ENV).is_ok_and(|v| v == "1")
+}
+
 /// A test hook: `RANK:STEP` makes that rank abort, as a crashed rank would
 /// (`train`: right after update STEP; `index`: once its share is embedded,
 /// before its shard is written, whatever STEP).

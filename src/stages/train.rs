@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::compute::{Compute, ComputeParams, DeviceGuard};
 use super::ranks::{
-    abort_hook, job_device, launch_ranks, read_job, resolve_gpus, without_gpus, Gpus, RankLaunch,
-    ABORT_ENV,
+    abort_hook, job_device, launch_ranks, read_job, resolve_gpus, time_sync, without_gpus, Gpus,
+    RankLaunch, ABORT_ENV,
 };
 use super::{param_error, Arity, Configured, Dep, InputRole, Kind, Output, Stage, StageContext};
 use crate::cancel::CancelToken;
@@ -286,7 +286,10 @@ pub fn run_rank(job: &Path, cancel: &CancelToken) -> Result<()> {
         .with_context(|| format!("model {}", job.model))?;
     let _mlx = DeviceGuard::acquire(job_device(&job.device))?;
     let group = launch::join()?;
-    let ranks = Ranks { group: &group };
+    let ranks = Ranks {
+        group: &group,
+        time_sync: time_sync(),
+    };
     let abort_at = abort_hook(group.rank())?;
     let paths = TrainPaths {
         pairs: &job.pairs,

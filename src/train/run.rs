@@ -195,8 +195,9 @@ pub struct TrainSummary {
     /// Processes that trained data-parallel (1: this one alone).
     pub ranks: usize,
     /// Seconds of this attempt's steps that rank 0 spent all-summing
-    /// gradients (waiting for the slowest rank included).
-    pub sync_seconds: f64,
+    /// gradients (waiting for the slowest rank included), where
+    /// [`Ranks::time_sync`] asked for it; `None` otherwise.
+    pub sync_seconds: Option<f64>,
 }
 
 /// The data-parallel job a [`train`] call is one rank of: every rank runs the
@@ -206,6 +207,9 @@ pub struct TrainSummary {
 /// writes checkpoints and the outputs.
 pub struct Ranks<'a> {
     pub group: &'a Group,
+    /// Evaluate and time each update's all-sum on its own (a host round trip
+    /// more per update; the same result): `sync_seconds` in the log and summary.
+    pub time_sync: bool,
 }
 
 impl Ranks<'_> {
@@ -326,6 +330,7 @@ pub fn train(
                     group: r.group,
                     count: cfg.grad_accum,
                     stop: cancel.is_cancelled(),
+                    time_sync: r.time_sync,
                 };
                 trainer.accumulate_shard(&mine, &shard, lr, clip)
             }
@@ -338,7 +343,9 @@ pub fn train(
             )
         })?;
         stop_agreed = stats.stop;
-        session.sync_seconds += stats.sync_seconds;
+        if let Some(s) = stats.sync_seconds {
+            *session.sync_seconds.get_or_insert(0.0) += s;
+        }
         let seconds = started.elapsed().as_secs_f64();
         session.seconds += seconds;
         session.samples += stats.samples;
@@ -366,7 +373,7 @@ pub fn train(
             val_loss,
             val_accuracy,
         };
-        log_step(log, &record, ranks.map(|_| stats.sync_seconds))?;
+        log_step(log, &record, stats.sync_seconds)?;
         on_step(&record);
         run.records.push(record);
         let checkpoint_now =
@@ -440,7 +447,7 @@ struct Session {
     seconds: f64,
     samples: usize,
     data_seconds: f64,
-    sync_seconds: f64,
+    sync_seconds: Option<f64>,
 }
 
 /// The tokenized train split as a batcher, and the eval split's batches.

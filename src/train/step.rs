@@ -368,8 +368,9 @@ pub struct UpdateStats {
     pub grad_norm: f32,
     /// Query-document pairs seen (by every rank).
     pub samples: usize,
-    /// Seconds this rank spent in the all-sum (waiting for the others included).
-    pub sync_seconds: f64,
+    /// Seconds this rank spent in the all-sum (waiting for the others
+    /// included), where [`Shard::time_sync`] asked for it to be timed.
+    pub sync_seconds: Option<f64>,
     /// Whether some rank asked to stop ([`Shard::stop`]) during this update.
     pub stop: bool,
 }
@@ -382,50 +383,65 @@ pub struct Shard<'a> {
     /// This rank wants the job to stop after this update (it was cancelled);
     /// every rank learns it through [`UpdateStats::stop`] at the same update.
     pub stop: bool,
+    /// Evaluate the all-sum on its own and time it ([`UpdateStats::sync_seconds`]).
+    /// It costs a host round trip per update, so it is for measurement; the
+    /// result is the same either way (the same operations in the same order).
+    pub time_sync: bool,
 }
 
-/// One rank's loss sum and pairs, before they are summed over the ranks.
+/// One rank's losses and pairs, before they are summed over the ranks. The
+/// losses stay on the device: reading one would be a host round trip per
+/// micro-batch.
 #[derive(Default)]
 struct Local {
-    loss_sum: f64,
+    losses: Vec<Array>,
     samples: usize,
 }
 
 impl Local {
-    fn add(&mut self, loss: f32, batch: &Batch) -> Result<()> {
-        anyhow::ensure!(loss.is_finite(), "the loss is {loss}");
-        self.loss_sum += f64::from(loss);
+    fn add(&mut self, loss: Array, batch: &Batch) -> Result<()> {
+        self.losses
+            .push(loss.as_dtype(mlx::Dtype::Float32)?.reshape(&[1])?);
         self.samples += batch.query_ids.dim(0).unwrap_or(0) as usize;
         Ok(())
     }
 
     /// The gradient sums and these totals summed over the shard's ranks (as
-    /// they are without one), in one all-sum of one flat buffer.
+    /// they are without one), in one all-sum of one flat buffer. Nothing is
+    /// evaluated here unless the shard asks for the all-sum to be timed: the
+    /// caller evaluates the update once, totals included.
     fn reduce(self, sum: Vec<Array>, shard: Option<&Shard>) -> Result<(Vec<Array>, Total)> {
+        let loss_sum = match self.losses.len() {
+            0 => Array::from_slice(&[0f32], &[1])?,
+            _ => ops::sum_axis(&ops::concatenate_axis(&self.losses, 0)?, 0, true)?,
+        };
+        let counts = Array::from_slice(
+            &[
+                self.samples as f32,
+                f32::from(u8::from(shard.is_some_and(|s| s.stop))),
+            ],
+            &[2],
+        )?;
+        let tail = ops::concatenate_axis(&[loss_sum, counts], 0)?;
         let Some(shard) = shard else {
             return Ok((
                 sum,
                 Total {
-                    local: self,
-                    sync_seconds: 0.0,
-                    stop: false,
+                    tail,
+                    sync_seconds: None,
                 },
             ));
         };
+        if shard.time_sync {
+            // Finish the local work first, or the timer would hold it too.
+            mlx::eval(sum.iter().chain([&tail]))?;
+        }
         let started = Instant::now();
-        let extra = Array::from_slice(
-            &[
-                self.loss_sum as f32,
-                self.samples as f32,
-                f32::from(u8::from(shard.stop)),
-            ],
-            &[3],
-        )?;
         let mut flat = sum
             .iter()
             .map(|g| g.as_dtype(mlx::Dtype::Float32)?.reshape(&[-1]))
             .collect::<mlx::Result<Vec<_>>>()?;
-        flat.push(extra);
+        flat.push(tail);
         let total = shard
             .group
             .all_sum(&ops::concatenate_axis(&flat, 0)?)
@@ -442,38 +458,43 @@ impl Local {
             at += len;
         }
         let tail = ops::slice(&total, &[at], &[at + 3], &[1])?;
-        mlx::eval(out.iter().chain([&tail]))?;
-        let tail = tail.to_vec::<f32>()?;
-        Ok((
-            out,
-            Total {
-                local: Local {
-                    loss_sum: f64::from(tail[0]),
-                    samples: tail[1].round() as usize,
-                },
-                sync_seconds: started.elapsed().as_secs_f64(),
-                stop: tail[2] > 0.0,
-            },
-        ))
+        let sync_seconds = if shard.time_sync {
+            mlx::eval(out.iter().chain([&tail]))?;
+            Some(started.elapsed().as_secs_f64())
+        } else {
+            None
+        };
+        Ok((out, Total { tail, sync_seconds }))
     }
 }
 
-/// The update's loss sum and pairs over every rank.
+/// The update's loss sum, pairs and stop flag over every rank, still on the
+/// device until [`Total::read`].
 struct Total {
-    local: Local,
-    sync_seconds: f64,
-    stop: bool,
+    /// `[loss sum, pairs, stop]`.
+    tail: Array,
+    sync_seconds: Option<f64>,
 }
 
 impl Total {
-    fn stats(&self, count: usize, grad_norm: f32) -> UpdateStats {
-        UpdateStats {
-            loss: (self.local.loss_sum / count as f64) as f32,
+    /// The update's statistics (the tail must be evaluated, or is evaluated
+    /// now). A non-finite loss is an error: its update must not be applied.
+    fn read(&self, count: usize, grad_norm: f32) -> Result<UpdateStats> {
+        let tail = self.tail.to_vec::<f32>()?;
+        anyhow::ensure!(
+            tail.len() == 3,
+            "the update's totals have {} values",
+            tail.len()
+        );
+        let loss = tail[0] / count as f32;
+        anyhow::ensure!(loss.is_finite(), "the loss is {loss}");
+        Ok(UpdateStats {
+            loss,
             grad_norm,
-            samples: self.local.samples,
+            samples: tail[1].round() as usize,
             sync_seconds: self.sync_seconds,
-            stop: self.stop,
-        }
+            stop: tail[2] > 0.0,
+        })
     }
 }
 
@@ -601,7 +622,8 @@ impl Trainer {
         let mut local = Local::default();
         for (i, batch) in micro {
             let (loss, grads) = self.gradients_with(batch, &keys[*i])?;
-            local.add(loss, batch)?;
+            anyhow::ensure!(loss.is_finite(), "the loss is {loss}");
+            local.add(Array::from_f32(loss), batch)?;
             sum = Some(match sum {
                 None => grads,
                 Some(acc) => {
@@ -629,6 +651,7 @@ impl Trainer {
                 .collect::<mlx::Result<Vec<_>>>()?;
         }
         let grad_norm = global_norm(&grads)?;
+        let stats = total.read(count, grad_norm)?;
         anyhow::ensure!(grad_norm.is_finite(), "the gradient norm is {grad_norm}");
         if let Some(max) = clip {
             let coef = max / (grad_norm + 1e-6);
@@ -644,7 +667,7 @@ impl Trainer {
         mlx::eval(self.params.iter().chain(self.opt.state()))?;
         set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
         self.steps += 1;
-        Ok(total.stats(count, grad_norm))
+        Ok(stats)
     }
 
     /// [`Trainer::accumulate_step`] through three compiled graphs: loss and
@@ -680,10 +703,13 @@ impl Trainer {
                 "compiled gradients returned {} arrays",
                 out.len()
             );
-            mlx::eval(&out)?;
+            if micro.len() > 1 {
+                // Bound the graph (and memory) to one micro-batch, without
+                // waiting for it: the host builds the next one meanwhile.
+                mlx::async_eval(&out)?;
+            }
             let mut out = out.into_iter();
-            let loss = out.next().context("the loss")?.item::<f32>()?;
-            local.add(loss, batch)?;
+            local.add(out.next().context("the loss")?, batch)?;
             sum = out.collect();
         }
         let (sum, total) = local.reduce(sum, shard)?;
@@ -734,19 +760,27 @@ impl Trainer {
             "compiled update returned {} arrays",
             out.len()
         );
-        mlx::eval(out.iter().chain([&norm]))?;
-        let grad_norm = norm.item::<f32>()?;
-        if !grad_norm.is_finite() {
+        // The update's one evaluation: gradients, all-sum, norm and AdamW.
+        mlx::eval(out.iter().chain([&norm, &total.tail]))?;
+        let stats = total
+            .read(keys.len(), norm.item::<f32>()?)
+            .and_then(|stats| {
+                let n = stats.grad_norm;
+                anyhow::ensure!(n.is_finite(), "the gradient norm is {n}");
+                Ok(stats)
+            });
+        let Ok(stats) = stats else {
+            // Drop the new state: the parameters stay as they were.
             self.opt.set_step_count(adam_step);
-            anyhow::bail!("the gradient norm is {grad_norm}");
-        }
+            return stats;
+        };
         let mut out = out.into_iter();
         self.params = out.by_ref().take(n).collect();
         self.opt.m = out.by_ref().take(n).collect();
         self.opt.v = out.collect();
         set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
         self.steps += 1;
-        Ok(total.stats(keys.len(), grad_norm))
+        Ok(stats)
     }
 
     /// Loss and in-batch accuracy on `batch` (dropout off, parameters unchanged).
@@ -1151,7 +1185,7 @@ mod tests {
     #[test]
     fn a_shard_holding_the_whole_update_is_exactly_the_unsharded_step() {
         let group = mlx::distributed::Group::single().unwrap();
-        for compile in [false, true] {
+        for (compile, time_sync) in [(false, false), (true, false), (true, true)] {
             let mut whole = trainer(compile);
             let mut shard = trainer(compile);
             let a = whole
@@ -1161,6 +1195,7 @@ mod tests {
                 group: &group,
                 count: 2,
                 stop: true,
+                time_sync,
             };
             let b = shard
                 .accumulate_shard(&[(0, batch()), (1, other_batch())], &s, 1e-2, Some(0.5))
@@ -1174,6 +1209,8 @@ mod tests {
             assert_eq!((a.samples, a.grad_norm), (b.samples, b.grad_norm));
             assert!((a.loss - b.loss).abs() < 1e-6, "{} vs {}", a.loss, b.loss);
             assert!(b.stop, "the stop request did not come back");
+            assert_eq!(b.sync_seconds.is_some(), time_sync, "compile {compile}");
+            assert_eq!(a.sync_seconds, None);
         }
     }
 
@@ -1230,6 +1267,39 @@ mod tests {
         state.params[1] = Array::from_slice(&values, &shape).unwrap();
         t.restore(state).unwrap();
         assert!(!t.params_finite().unwrap());
+    }
+
+    /// The loss is read after the update's one evaluation, so a non-finite
+    /// loss must still leave the parameters and AdamW's state as they were.
+    #[test]
+    fn a_non_finite_loss_applies_no_update() {
+        for compile in [false, true] {
+            let mut t = trainer(compile);
+            let mut state = t.state();
+            let shape = state.params[1].shape().to_vec();
+            let values = vec![f32::INFINITY; state.params[1].size()];
+            state.params[1] = Array::from_slice(&values, &shape).unwrap();
+            t.restore(state).unwrap();
+            let bits = |t: &Trainer| {
+                let s = t.state();
+                let all = [s.params, s.adam_m, s.adam_v].concat();
+                let h: Vec<Vec<u32>> = host(&all)
+                    .iter()
+                    .map(|v| v.iter().map(|x| x.to_bits()).collect())
+                    .collect();
+                (h, s.adam_step)
+            };
+            let before = bits(&t);
+            let err = t
+                .accumulate_step(&[batch(), other_batch()], 1e-2, Some(1.0))
+                .unwrap_err();
+            let msg = format!("{err:#}");
+            assert!(msg.contains("the loss is"), "compile {compile}: {msg}");
+            assert!(
+                before == bits(&t),
+                "compile {compile}: the update was applied"
+            );
+        }
     }
 
     #[test]
