@@ -66,6 +66,7 @@ fn main() -> Result<()> {
             path: scan,
             prefix,
             langs: vec![lang],
+            exclude: Vec::new(),
         }],
         &CollectOptions::default(),
         &cancel,

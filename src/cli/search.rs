@@ -36,6 +36,15 @@ pub struct IndexArgs {
     /// Bits per residual dimension (2 or 4).
     #[arg(long, default_value_t = CodecParams::default().nbits)]
     nbits: u8,
+    /// Project the model's token vectors to this many dimensions before
+    /// compressing them (fitted to the indexed tokens; queries go through the
+    /// same projection): fewer bytes and faster queries, at some cost in
+    /// ranking that BENCHMARKS.md measures [default: the model's dimension].
+    #[arg(long)]
+    dims: Option<usize>,
+    /// Files not to index: a glob relative to each path (repeatable), e.g. 'test/**'.
+    #[arg(long)]
+    exclude: Vec<String>,
     #[arg(long, value_enum, default_value_t = DeviceParam::Cpu)]
     device: DeviceParam,
     #[command(flatten)]
@@ -106,6 +115,11 @@ pub fn cmd_index(args: IndexArgs) -> Result<ExitCode, Failure> {
     if ![2, 4].contains(&args.nbits) {
         return Err(Failure::Other(anyhow::anyhow!("--nbits must be 2 or 4")));
     }
+    if args.dims == Some(0) {
+        return Err(Failure::Other(anyhow::anyhow!(
+            "--dims must be at least 1 (leave it out to keep the model's dimension)"
+        )));
+    }
     let langs: Vec<Lang> = if args.langs.is_empty() {
         Lang::ALL.to_vec()
     } else {
@@ -127,6 +141,7 @@ pub fn cmd_index(args: IndexArgs) -> Result<ExitCode, Failure> {
                     String::new()
                 },
                 langs: langs.clone(),
+                exclude: args.exclude.clone(),
             })
         })
         .collect::<Result<_>>()?;
@@ -142,6 +157,7 @@ pub fn cmd_index(args: IndexArgs) -> Result<ExitCode, Failure> {
             ..CodecParams::default()
         },
         embed_batch: 0,
+        dims: args.dims,
     };
     if !args.json.json {
         eprintln!(

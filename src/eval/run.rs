@@ -219,6 +219,7 @@ pub fn total_price(prices: &[u32]) -> u32 {
             path: root.join("src"),
             prefix: "src".to_string(),
             langs: vec![Lang::Rust],
+            exclude: Vec::new(),
         }];
         let units = collect(&roots, &CollectOptions::default(), &CancelToken::new()).unwrap();
         let keys: Vec<String> = units.iter().map(|u| u.key()).collect();

@@ -2,8 +2,10 @@
 //! (semantic) and their fusion.
 //!
 //! A directory holds `index.json` (format, model, dimension, counts),
-//! `units.json` (every [`Unit`]), `bm25/` (tantivy) and `mv.bin` (the compressed
-//! token embeddings, document `i` being unit `i`). It is built in a sibling
+//! `units.json` (every [`Unit`]), `bm25/` (tantivy), `mv.bin` (the compressed
+//! token embeddings, document `i` being unit `i`) and, where the vectors were
+//! projected to fewer dimensions, `projection.safetensors` (queries go through
+//! the same matrix). It is built in a sibling
 //! temporary directory and swapped in, so a failed build leaves the old index.
 //! [`Index::update`] re-embeds only units whose content hash is new, reusing the
 //! stored codes of the others under the existing codec (PLAID-style appends).
@@ -20,7 +22,9 @@ use super::bm25::{Bm25Doc, Bm25Index};
 use super::codec::{Codec, CodecParams};
 use super::embed::Embedder;
 use super::fusion;
+use super::maxsim::TokenVectors;
 use super::mv::{self, EncodedDocs, MvIndex, SearchParams};
+use super::project::Projection;
 use super::units::Unit;
 use crate::cancel::CancelToken;
 
@@ -34,7 +38,12 @@ pub struct Manifest {
     pub format: u32,
     /// The embedder's name.
     pub model: String,
+    /// The stored vectors' dimension (the model's, or the projection's).
     pub dim: usize,
+    /// The model's dimension where its vectors were projected to `dim`
+    /// (`projection.safetensors` holds the matrix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projected_from: Option<usize>,
     pub units: usize,
     pub tokens: usize,
     pub nbits: u8,
@@ -47,7 +56,14 @@ pub struct BuildOptions {
     pub codec: CodecParams,
     /// Texts per embedder call (0: 32).
     pub embed_batch: usize,
+    /// Project the model's vectors to this many dimensions before they are
+    /// compressed (fitted to the indexed tokens, [`Projection`]); `None`, or
+    /// the model's own dimension, keeps them as they are.
+    pub dims: Option<usize>,
 }
+
+/// The projection file in an index directory.
+const PROJECTION_FILE: &str = "projection.safetensors";
 
 /// What a build or an update did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -173,6 +189,7 @@ pub struct Index {
     units: Vec<Unit>,
     bm25: Bm25Index,
     mv: MvIndex,
+    projection: Option<Projection>,
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -244,13 +261,22 @@ impl Index {
             offsets,
             vectors,
         } = embedded;
+        let (projection, vectors, dim) = match opts.dims {
+            Some(to) if to != dim => {
+                let p = Projection::fit(&vectors, dim, to)
+                    .with_context(|| format!("projecting {model}'s vectors (`dims`)"))?;
+                let projected = p.apply(&vectors)?;
+                (Some(p), projected, to)
+            }
+            _ => (None, vectors, dim),
+        };
         let codec =
             Codec::train(&vectors, dim, &opts.codec, cancel).context("training the codec")?;
         let tokens = codec.encode(&vectors)?;
         stats.codec_seconds = started.elapsed().as_secs_f64();
         let encoded = EncodedDocs { offsets, tokens };
         stats.tokens = encoded.tokens.centroids.len();
-        let index = publish(dir, units, &codec, &encoded, model)?;
+        let index = publish(dir, units, &codec, projection.as_ref(), &encoded, model)?;
         stats.total_seconds = started.elapsed().as_secs_f64();
         Ok((index, stats))
     }
@@ -270,7 +296,11 @@ impl Index {
             return Index::build(dir, units, embedder, opts, cancel);
         }
         let old = Index::open(dir)?;
-        if old.manifest.model != embedder.name() || old.manifest.dim != embedder.dim() {
+        let wanted_dim = opts.dims.unwrap_or(embedder.dim());
+        if old.manifest.model != embedder.name()
+            || old.model_dim() != embedder.dim()
+            || old.manifest.dim != wanted_dim
+        {
             drop(old);
             return Index::build(dir, units, embedder, opts, cancel);
         }
@@ -294,6 +324,10 @@ impl Index {
             ..
         } = embed_units(&units, &fresh, embedder, opts, cancel)?;
         let embed_seconds = started.elapsed().as_secs_f64();
+        let vectors = match &old.projection {
+            Some(p) => p.apply(&vectors)?,
+            None => vectors,
+        };
         let codec = old.mv.codec().clone();
         let encoded_fresh = codec.encode(&vectors)?;
         let bpt = codec.bytes_per_token();
@@ -316,6 +350,7 @@ impl Index {
             }
         }
         let model = old.manifest.model.clone();
+        let projection = old.projection.clone();
         drop(old);
         let stats = BuildStats {
             units: units.len(),
@@ -327,7 +362,7 @@ impl Index {
             codec_seconds: 0.0,
             total_seconds: 0.0,
         };
-        let index = publish(dir, units, &codec, &encoded, &model)?;
+        let index = publish(dir, units, &codec, projection.as_ref(), &encoded, &model)?;
         let stats = BuildStats {
             total_seconds: started.elapsed().as_secs_f64(),
             ..stats
@@ -363,13 +398,41 @@ impl Index {
                 bm25.len()
             );
         }
+        let projection = match manifest.projected_from {
+            Some(from) => Some(Projection::load(
+                &dir.join(PROJECTION_FILE),
+                from,
+                manifest.dim,
+            )?),
+            None => None,
+        };
         Ok(Index {
             dir: dir.to_path_buf(),
             manifest,
             units,
             bm25,
             mv,
+            projection,
         })
+    }
+
+    /// The projection the stored vectors went through, if any.
+    pub fn projection(&self) -> Option<&Projection> {
+        self.projection.as_ref()
+    }
+
+    /// A query's vectors from the model as the index compares them: through
+    /// the index's projection where it has one.
+    pub fn query_vectors(&self, q: TokenVectors) -> Result<TokenVectors> {
+        match &self.projection {
+            Some(p) => TokenVectors::new(p.to_dim(), p.apply(q.as_slice())?),
+            None => Ok(q),
+        }
+    }
+
+    /// The dimension of the model's vectors (before any projection).
+    pub fn model_dim(&self) -> usize {
+        self.manifest.projected_from.unwrap_or(self.manifest.dim)
     }
 
     pub fn dir(&self) -> &Path {
@@ -411,17 +474,17 @@ impl Index {
                     opts.mode.name()
                 )
             })?;
-            if embedder.dim() != self.manifest.dim {
+            if embedder.dim() != self.model_dim() {
                 bail!(
                     "the model {} embeds in {} dimensions, the index in {} was built with {} ({} dimensions)",
                     embedder.name(),
                     embedder.dim(),
                     self.dir.display(),
                     self.manifest.model,
-                    self.manifest.dim
+                    self.model_dim()
                 );
             }
-            let q = embedder.embed_query(query)?;
+            let q = self.query_vectors(embedder.embed_query(query)?)?;
             let params = SearchParams {
                 k: depth,
                 ..opts.mv
@@ -573,6 +636,7 @@ fn publish(
     dir: &Path,
     units: Vec<Unit>,
     codec: &Codec,
+    projection: Option<&Projection>,
     encoded: &EncodedDocs,
     model: &str,
 ) -> Result<Index> {
@@ -594,12 +658,16 @@ fn publish(
         format: FORMAT,
         model: model.to_string(),
         dim: codec.dim(),
+        projected_from: projection.map(Projection::from_dim),
         units: units.len(),
         tokens: encoded.tokens.centroids.len(),
         nbits: codec.nbits(),
         centroids: codec.n_centroids(),
     };
     mv::write(&tmp.join("mv.bin"), codec, encoded)?;
+    if let Some(p) = projection {
+        p.save(&tmp.join(PROJECTION_FILE))?;
+    }
     Bm25Index::build(
         &tmp.join("bm25"),
         units.iter().enumerate().map(|(i, u)| Bm25Doc {
@@ -665,6 +733,7 @@ pub fn garbage_collect(store: &Store) {
             path: dir.path().to_path_buf(),
             prefix: String::new(),
             langs: vec![Lang::Rust],
+            exclude: Vec::new(),
         }];
         let units = collect(&roots, &CollectOptions::default(), &CancelToken::new()).unwrap();
         (dir, units)
@@ -762,6 +831,68 @@ pub fn garbage_collect(store: &Store) {
             Index::update(&dir, units, &other, &BuildOptions::default(), &cancel).unwrap();
         assert!(stats.retrained);
         assert_eq!(other.texts_embedded(), 4);
+    }
+
+    /// `dims`: the vectors are stored projected, queries are projected the
+    /// same way, an update with the same `dims` keeps the stored codes and
+    /// another `dims` rebuilds; a damaged projection file is named.
+    #[test]
+    fn a_projected_index_searches_updates_and_rebuilds() {
+        let (_src, units) = tree(LIB);
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().join("idx");
+        let emb = FakeEmbedder::new(16);
+        let cancel = CancelToken::new();
+        let projected = BuildOptions {
+            dims: Some(8),
+            ..BuildOptions::default()
+        };
+        let (index, _) = Index::build(&dir, units.clone(), &emb, &projected, &cancel).unwrap();
+        assert_eq!(
+            (index.manifest().dim, index.manifest().projected_from),
+            (8, Some(16))
+        );
+        assert_eq!(index.model_dim(), 16);
+        assert!(dir.join(PROJECTION_FILE).is_file());
+        let hits = index
+            .search("artifact key hash", Some(&emb), &opts(Mode::Semantic))
+            .unwrap();
+        assert_eq!(hits[0].key(), "src/lib.rs::artifact_key", "{hits:?}");
+        drop(index);
+
+        let (_, stats) = Index::update(&dir, units.clone(), &emb, &projected, &cancel).unwrap();
+        assert_eq!((stats.embedded, stats.retrained), (0, false));
+        let (index, stats) =
+            Index::update(&dir, units.clone(), &emb, &BuildOptions::default(), &cancel).unwrap();
+        assert!(stats.retrained, "another `dims` must rebuild");
+        assert_eq!(
+            (index.manifest().dim, index.manifest().projected_from),
+            (16, None)
+        );
+        assert!(!dir.join(PROJECTION_FILE).exists());
+        drop(index);
+
+        let err = Index::build(
+            &dir,
+            units.clone(),
+            &emb,
+            &BuildOptions {
+                dims: Some(32),
+                ..BuildOptions::default()
+            },
+            &cancel,
+        )
+        .err()
+        .unwrap();
+        assert!(format!("{err:#}").contains("choose 1 to 15"), "{err:#}");
+
+        Index::build(&dir, units, &emb, &projected, &cancel).unwrap();
+        std::fs::write(dir.join(PROJECTION_FILE), b"not safetensors").unwrap();
+        let err = format!("{:#}", Index::open(&dir).err().unwrap());
+        assert!(
+            err.contains(PROJECTION_FILE) && err.contains("rebuild"),
+            "{err}"
+        );
     }
 
     #[test]

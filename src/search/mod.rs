@@ -25,6 +25,7 @@ pub mod fusion;
 pub mod index;
 pub mod maxsim;
 pub mod mv;
+pub mod project;
 pub mod shard;
 pub mod synth;
 pub mod tokenize;

@@ -67,6 +67,8 @@ pub struct SourceRoot {
     pub prefix: String,
     /// The languages to read (their default file globs).
     pub langs: Vec<Lang>,
+    /// Globs (relative to the root) never read, besides [`CollectOptions::exclude`].
+    pub exclude: Vec<String>,
 }
 
 /// How files become units.
@@ -106,7 +108,8 @@ pub fn collect(
     let mut units = Vec::new();
     for root in roots {
         for &lang in &root.langs {
-            let filter = Filter::new(lang, &[], &opts.exclude)?;
+            let exclude: Vec<String> = opts.exclude.iter().chain(&root.exclude).cloned().collect();
+            let filter = Filter::new(lang, &[], &exclude)?;
             let mut skips = WalkSkips::default();
             let files = sources::walk(&root.path, &filter, &mut skips)
                 .with_context(|| format!("walking {}", root.path.display()))?;
@@ -237,6 +240,7 @@ mod tests {
             path: dir.path().to_path_buf(),
             prefix: String::new(),
             langs: vec![Lang::Rust],
+            exclude: Vec::new(),
         }];
         let opts = CollectOptions {
             chunk_lines: 2,
@@ -269,5 +273,14 @@ mod tests {
         );
         assert_eq!(units[0].kind, "chunk");
         assert_eq!(units[0].code, "fn a() {}\n");
+
+        // A root's own excludes are added to the defaults.
+        let roots = [SourceRoot {
+            exclude: vec!["src/bare.rs".to_string()],
+            ..roots[0].clone()
+        }];
+        let units = collect(&roots, &opts, &CancelToken::new()).unwrap();
+        let keys: Vec<String> = units.iter().map(Unit::key).collect();
+        assert_eq!(keys, ["src/lib.rs::add", "src/lib.rs::P::new"]);
     }
 }
