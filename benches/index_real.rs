@@ -9,7 +9,7 @@
 //!
 //!   cargo bench --bench index_real -- --path DIR --lang python --model DIR \
 //!       [--cache FILE] [--exclude GLOB]... [--queries 100] [--nbits 4] \
-//!       [--nprobe 2,4] [--candidates 256] [--rerank 32,64] [--dims 128]
+//!       [--nprobe 2,4] [--candidates 256] [--rerank 32,64] [--dims 128] [--repeat 1]
 //!
 //! With `--dims`, the index projects the vectors (`index`'s `dims`): recall is
 //! then given twice, against exact MaxSim over the projected vectors (what the
@@ -134,6 +134,7 @@ fn main() -> Result<()> {
     let mut candidates = vec![256];
     let mut rerank = vec![32, 64];
     let mut dims: Option<usize> = None;
+    let mut repeat = 1usize;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--bench" {
@@ -153,6 +154,7 @@ fn main() -> Result<()> {
             "--candidates" => candidates = list(&value).with_context(bad)?,
             "--rerank" => rerank = list(&value).with_context(bad)?,
             "--dims" => dims = Some(value.parse().with_context(bad)?),
+            "--repeat" => repeat = value.parse().with_context(bad)?,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -283,6 +285,13 @@ fn main() -> Result<()> {
                 }
                 let mut times: Vec<Duration> = Vec::new();
                 let (mut found, mut found_model) = (0, 0);
+                for _ in 1..repeat {
+                    for q in &query_vectors {
+                        let s = Instant::now();
+                        mv.search(q, &p)?;
+                        times.push(s.elapsed());
+                    }
+                }
                 for (i, (q, t)) in query_vectors.iter().zip(&truth).enumerate() {
                     let s = Instant::now();
                     let hits = mv.search(q, &p)?;

@@ -4,7 +4,7 @@
 //!
 //!   cargo bench --bench search_eval -- --root . --queries datasets/xtr-pipe-queries.toml \
 //!       (--model DIR | --hash) [--prefix src --path src] [--lang rust] [--k 10] \
-//!       [--doc-len 256] [--query-len 32] [--out eval.json]
+//!       [--doc-len 256] [--query-len 32] [--dims 128] [--out eval.json]
 //!
 //! `--hash` uses the model-free HashEmbedder (bag of code terms) instead of a model.
 
@@ -30,6 +30,7 @@ fn main() -> Result<()> {
     let mut doc_len = 256;
     let mut query_len = 32;
     let mut out: Option<PathBuf> = None;
+    let mut dims: Option<usize> = None;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -45,6 +46,7 @@ fn main() -> Result<()> {
             "--doc-len" => doc_len = value()?.parse()?,
             "--query-len" => query_len = value()?.parse()?,
             "--out" => out = Some(value()?.into()),
+            "--dims" => dims = Some(value()?.parse()?),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -76,7 +78,10 @@ fn main() -> Result<()> {
         &dir.path().join("index"),
         units,
         embedder.as_ref(),
-        &BuildOptions::default(),
+        &BuildOptions {
+            dims,
+            ..BuildOptions::default()
+        },
         &cancel,
     )?;
     println!(

@@ -434,15 +434,22 @@ impl MvIndex {
 
     /// One document's tokens, decompressed, row-major.
     pub fn doc_vectors(&self, doc: usize) -> Vec<f32> {
-        let (centroids, codes) = self.doc_tokens(doc);
+        if doc >= self.n_docs {
+            return Vec::new();
+        }
         let dim = self.codec.dim;
-        let mut out = vec![0f32; centroids.len() * dim];
-        for (t, &c) in centroids.iter().enumerate() {
-            self.codec.decode_into(
-                c,
-                &codes[t * self.bpt..(t + 1) * self.bpt],
-                &mut out[t * dim..(t + 1) * dim],
-            );
+        let tokens = self.doc_offsets[doc]..self.doc_offsets[doc + 1];
+        let positions = &self.map[self.layout.doc_tokens..self.layout.end];
+        // A document's codes lie scattered over the cluster lists: ask for
+        // every token's line first, so the misses overlap instead of queueing.
+        for t in tokens.clone() {
+            prefetch(self.codes(u32_at(positions, t) as usize));
+        }
+        let mut out = vec![0f32; tokens.len() * dim];
+        for (row, t) in out.chunks_exact_mut(dim).zip(tokens) {
+            let pos = u32_at(positions, t) as usize;
+            self.codec
+                .decode_into(self.doc_centroids[t], self.codes(pos), row);
         }
         out
     }
@@ -556,6 +563,20 @@ impl MvIndex {
             .collect();
         best_k(scores, k)
     }
+}
+
+/// A hint to bring `bytes`' first cache line in; nothing where it is not x86-64.
+#[inline]
+fn prefetch(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: a prefetch is a hint that never faults, and the pointer is
+        // into a live slice.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
 }
 
 fn nibble_table4(levels: &[f32]) -> [f32; 16] {
