@@ -289,7 +289,8 @@ fn normalize_rows(m: &mut [f32], dim: usize) {
 }
 
 /// Each row's nearest centroid by dot product (MLX: `argmax(X · Cᵀ)`, in chunks
-/// that keep the score matrix near 64 MiB).
+/// that keep the score matrix near 16 MiB: larger ones were fresh pages from the
+/// kernel every time, a quarter of the build in page faults and zeroing).
 pub(crate) fn assign(tokens: &[f32], dim: usize, centroids: &[f32]) -> Result<Vec<u32>> {
     let k = centroids.len() / dim;
     let n = tokens.len() / dim;
@@ -300,7 +301,7 @@ pub(crate) fn assign(tokens: &[f32], dim: usize, centroids: &[f32]) -> Result<Ve
     let c = Array::from_slice(centroids, &[k as i32, dim as i32])
         .and_then(|c| c.transpose())
         .context("loading centroids into MLX")?;
-    let rows = ((1usize << 24) / k.max(1)).clamp(1, 1 << 16);
+    let rows = ((1usize << 22) / k.max(1)).clamp(1, 1 << 16);
     for chunk in tokens.chunks(rows * dim) {
         let m = chunk.len() / dim;
         let x = Array::from_slice(chunk, &[m as i32, dim as i32])?;
