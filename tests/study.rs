@@ -315,6 +315,32 @@ fn index_and_search_outside_a_pipeline_update_incrementally() {
     let out = p.xtr(&["search", "x", "--index", "nowhere"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("is not an index"), "{}", stderr(&out));
+
+    // Projected to 8 dimensions with one file excluded; the engine's settings as flags.
+    let projected = p.json(&[
+        "index",
+        "src",
+        "--model",
+        MODEL,
+        "--out",
+        "idx8",
+        "--lang",
+        "python",
+        "--dims",
+        "8",
+        "--exclude",
+        "pkg/m0.py",
+    ]);
+    assert_eq!(projected["stats"]["units"], 11, "{projected}");
+    let manifest: serde_json::Value = serde_json::from_str(&p.read("idx8/index.json")).unwrap();
+    assert_eq!(manifest["dim"], 8, "{manifest}");
+    let found = p.json(&[
+        "search", "w17 w38", "--index", "idx8", "--mode", "semantic", "-k", "3", "--nprobe", "2",
+        "--rerank", "48",
+    ]);
+    assert_eq!(found["hits"].as_array().map(Vec::len), Some(3), "{found}");
+    let out = p.xtr(&["search", "x", "--index", "idx8", "--rerank", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
 /// The report without its run-facts block.

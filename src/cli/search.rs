@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use clap::builder::RangedU64ValueParser;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
@@ -13,6 +14,7 @@ use super::{artifact_dir, model_dir, print_json, select_device, Failure, JsonFla
 use crate::cancel::CancelToken;
 use crate::dataset::Lang;
 use crate::search::codec::CodecParams;
+use crate::search::mv::SearchParams;
 use crate::search::{
     collect, BuildOptions, CollectOptions, Embedder, Index, Mode, ModelEmbedder, SearchOptions,
     SourceRoot,
@@ -69,6 +71,16 @@ pub struct SearchArgs {
     /// Hits to show.
     #[arg(short, long, default_value_t = SearchOptions::default().k)]
     k: usize,
+    /// Centroids probed per query token (more: better recall, slower).
+    #[arg(long, default_value_t = SearchParams::default().nprobe, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    nprobe: usize,
+    /// Documents kept by approximate MaxSim for the exact rerank to choose from.
+    #[arg(long, default_value_t = SearchParams::default().candidates, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    candidates: usize,
+    /// Documents scored exactly over their decompressed tokens (more: recall
+    /// closer to exact MaxSim, slower).
+    #[arg(long, default_value_t = SearchParams::default().rerank, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    rerank: usize,
     #[arg(long, value_enum, default_value_t = DeviceParam::Cpu)]
     device: DeviceParam,
     #[command(flatten)]
@@ -214,6 +226,12 @@ pub fn cmd_search(args: SearchArgs) -> Result<ExitCode, Failure> {
         mode,
         k: args.k,
         semantic_weight: args.weight,
+        mv: SearchParams {
+            nprobe: args.nprobe,
+            candidates: args.candidates,
+            rerank: args.rerank,
+            ..SearchParams::default()
+        },
         ..SearchOptions::default()
     };
     let hits = index.search(
