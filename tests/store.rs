@@ -177,13 +177,19 @@ fn concurrent_runs_compute_each_stage_once_and_agree() {
     let spawn = || {
         p.command(&["run", "p.toml", "--json"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
     let (a, b) = (spawn(), spawn());
     let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    assert!(a.status.success() && b.status.success());
+    for out in [&a, &b] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let (ra, rb): (serde_json::Value, serde_json::Value) = (
         serde_json::from_slice(&a.stdout).unwrap(),
         serde_json::from_slice(&b.stdout).unwrap(),

@@ -63,21 +63,57 @@ CREATE INDEX IF NOT EXISTS run_stages_key ON run_stages(key);
 CREATE INDEX IF NOT EXISTS runs_pipeline ON runs(pipeline, id);
 ";
 
+/// How long a connection waits for another process's lock.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Puts the database in WAL mode (a setting stored in the file: done once).
+/// Switching needs the database to itself, and SQLite answers "locked" at
+/// once, without its busy handler, while another process opens or switches
+/// the same new file; so a busy answer is retried, for as long as any other
+/// lock is waited for.
+fn set_wal(conn: &Connection) -> Result<()> {
+    let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+            Ok(_) => return Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && started.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e).context("switching to WAL mode"),
+        }
+    }
+}
+
 impl Db {
     pub fn open(path: &Path) -> Result<Db> {
         let conn = Connection::open(path)
             .with_context(|| format!("opening database {}", path.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(60))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        set_wal(&conn).with_context(|| format!("opening database {}", path.display()))?;
         // Keep the WAL file when the last connection closes (emptied, not deleted):
         // every run would otherwise delete it and create it again.
         conn.file_control(
             Some(rusqlite::MAIN_DB),
             rusqlite::FileControl::PersistWal(&mut 1),
         )?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        // Reading the file-hash cache dominates a no-op run: map the file instead of pread.
-        conn.pragma_update(None, "mmap_size", 1i64 << 30)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .and_then(|()| {
+                // Reading the file-hash cache dominates a no-op run: map the
+                // file instead of pread.
+                conn.pragma_update(None, "mmap_size", 1i64 << 30)
+            })
+            .with_context(|| format!("opening database {}", path.display()))?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("initialising database {}", path.display()))?;
         let db = Db { conn };
