@@ -261,15 +261,15 @@ impl Index {
             offsets,
             vectors,
         } = embedded;
-        let (projection, vectors, dim) = match opts.dims {
-            Some(to) if to != dim => {
-                let p = Projection::fit(&vectors, dim, to)
-                    .with_context(|| format!("projecting {model}'s vectors (`dims`)"))?;
-                let projected = p.apply(&vectors)?;
-                (Some(p), projected, to)
-            }
-            _ => (None, vectors, dim),
+        let projection = match opts.dims {
+            Some(to) if to != dim => Some(
+                Projection::fit(&vectors, dim, to)
+                    .with_context(|| format!("projecting {model}'s vectors (`dims`)"))?,
+            ),
+            _ => None,
         };
+        let vectors = project(projection.as_ref(), vectors)?;
+        let dim = projection.as_ref().map_or(dim, Projection::to_dim);
         let codec =
             Codec::train(&vectors, dim, &opts.codec, cancel).context("training the codec")?;
         let tokens = codec.encode(&vectors)?;
@@ -324,10 +324,7 @@ impl Index {
             ..
         } = embed_units(&units, &fresh, embedder, opts, cancel)?;
         let embed_seconds = started.elapsed().as_secs_f64();
-        let vectors = match &old.projection {
-            Some(p) => p.apply(&vectors)?,
-            None => vectors,
-        };
+        let vectors = project(old.projection.as_ref(), vectors)?;
         let codec = old.mv.codec().clone();
         let encoded_fresh = codec.encode(&vectors)?;
         let bpt = codec.bytes_per_token();
@@ -629,6 +626,17 @@ pub fn embed_units(
         }
     }
     Ok(embedded)
+}
+
+/// Token rows as the index stores them: through `projection` where there is
+/// one. The model's rows are dropped as soon as the projected ones exist (for
+/// a whole corpus, gigabytes that the codec's training need not share memory
+/// with).
+fn project(projection: Option<&Projection>, rows: Vec<f32>) -> Result<Vec<f32>> {
+    match projection {
+        Some(p) => p.apply(&rows),
+        None => Ok(rows),
+    }
 }
 
 /// Writes every part into a sibling temporary directory, then swaps it in.
