@@ -6,6 +6,10 @@
 //!   cargo bench --bench mv_index -- [--units 10000] [--dim 128] [--queries 100]
 //!       [--qtokens 32] [--nbits 4] [--centroids K] [--nprobe 4] [--candidates 256] [--rerank 32]
 //!       [--topics 2048] [--spread 0.6] [--noise 0.3] [--seed 0] [--exhaustive]
+//!       [--index PATH]
+//!
+//! `--index PATH` keeps the built index there, and a later run with the same
+//! corpus flags opens it instead of building again (to try search settings).
 //!
 //! `--nprobe`, `--candidates` and `--rerank` take comma lists: every combination
 //! is measured on the same index.
@@ -39,6 +43,7 @@ struct Args {
     spread: f32,
     noise: f32,
     seed: u64,
+    index: Option<std::path::PathBuf>,
 }
 
 /// `8` or `4,8,16`.
@@ -65,6 +70,7 @@ fn parse_args() -> Result<Args> {
         spread: 0.6,
         noise: 0.3,
         seed: 0,
+        index: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -91,6 +97,7 @@ fn parse_args() -> Result<Args> {
             "--spread" => a.spread = value.parse().with_context(bad)?,
             "--noise" => a.noise = value.parse().with_context(bad)?,
             "--seed" => a.seed = value.parse().with_context(bad)?,
+            "--index" => a.index = Some(value.into()),
             other => bail!("unknown flag {other}"),
         }
     }
@@ -108,7 +115,6 @@ fn main() -> Result<()> {
         offsets.push(flat.len() / a.dim);
     }
     let tokens = flat.len() / a.dim;
-    let doc = |i: usize| &flat[offsets[i] * a.dim..offsets[i + 1] * a.dim];
     println!(
         "corpus: {} units, {} tokens, dim {}, generated in {:.1}s",
         a.units,
@@ -118,7 +124,11 @@ fn main() -> Result<()> {
     );
 
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("mv.bin");
+    let path = a.index.clone().unwrap_or_else(|| dir.path().join("mv.bin"));
+    if path.is_file() {
+        println!("opening the index built before at {}", path.display());
+        return search(&a, &flat, &offsets, MvIndex::open(&path)?);
+    }
     let build = Instant::now();
     let params = CodecParams {
         nbits: a.nbits,
@@ -146,7 +156,12 @@ fn main() -> Result<()> {
         index.file_bytes() as f64 / (1 << 20) as f64,
         mib_per_m
     );
+    search(&a, &flat, &offsets, index)
+}
 
+/// Ground truth by exact MaxSim, then every search setting's latency and recall.
+fn search(a: &Args, flat: &[f32], offsets: &[usize], index: MvIndex) -> Result<()> {
+    let doc = |i: usize| &flat[offsets[i] * a.dim..offsets[i + 1] * a.dim];
     let sample: Vec<Vec<f32>> = (0..a.units.min(2000)).map(|i| doc(i).to_vec()).collect();
     let queries = synth::queries(&sample, a.dim, a.queries, a.qtokens, a.noise, a.seed);
     let truth_started = Instant::now();

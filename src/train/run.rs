@@ -20,7 +20,7 @@ use super::data::{self, Batcher, DataPosition, TextEncoder, TextPair, TokenizeSt
 use super::loss::LossConfig;
 use super::optim::AdamWConfig;
 use super::schedule::{LrSchedule, Schedule};
-use super::step::{Batch, Shard, StepConfig, Trainer};
+use super::step::{Batch, InFlight, Shard, StepConfig, Trainer};
 use crate::cancel::{CancelToken, Cancelled};
 use crate::mlx::distributed::Group;
 use crate::mlx::{ops, Array, Device, Dtype};
@@ -295,66 +295,114 @@ pub fn train(
     let mut micro_cache = EpochCache::default();
     // With ranks, a cancelled rank is heard by all at the next update's all-sum.
     let mut stop_agreed = false;
-    while run.step < total_steps {
+    // Updates are pipelined: the next one is built and launched while the
+    // device still computes the one before, whose loss is read afterwards
+    // (a rank otherwise idles its GPU while the host builds every graph). An
+    // update after which the run validates, checkpoints or ends lands before
+    // anything else is launched, so those see exactly its parameters.
+    let mut flying: Option<Flying> = None;
+    let mut last_landed = Instant::now();
+    loop {
         let stop_now = match ranks {
             Some(_) => stop_agreed,
             None => cancel.is_cancelled(),
         };
-        if stop_now {
-            if ckpt.saved_step != Some(run.step) {
-                ckpt.save(&run, &trainer)?;
+        let next = run.step + u64::from(flying.is_some());
+        let boundary = |step: u64| {
+            step == total_steps
+                || step.is_multiple_of(cfg.checkpoint_every)
+                || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every))
+        };
+        let launch_next =
+            !stop_now && next < total_steps && flying.as_ref().is_none_or(|f| !f.boundary);
+        let launched = if launch_next {
+            let started = Instant::now();
+            let first = next * cfg.grad_accum as u64;
+            let mine = (0..cfg.grad_accum)
+                .filter(|i| i % size == rank)
+                .map(|i| Ok((i, micro_cache.batch(&stream, first + i as u64)?)))
+                .collect::<Result<Vec<(usize, Batch)>>>()?;
+            session.data_seconds += started.elapsed().as_secs_f64();
+            let lr = schedule.lr(next);
+            let shard = ranks.map(|r| Shard {
+                group: r.group,
+                count: cfg.grad_accum,
+                stop: cancel.is_cancelled(),
+                time_sync: r.time_sync,
+            });
+            let flight = trainer
+                .launch(&mine, shard.as_ref(), lr, clip)
+                .with_context(|| {
+                    format!(
+                        "step {} of {total_steps}: training stopped; {}",
+                        next + 1,
+                        ckpt.kept()
+                    )
+                })?;
+            Some(Flying {
+                flight,
+                first,
+                lr,
+                started,
+                boundary: boundary(next + 1),
+            })
+        } else {
+            None
+        };
+        let Some(done) = flying.take() else {
+            flying = launched;
+            if flying.is_some() {
+                continue;
             }
-            writeln!(
-                log,
-                "train: interrupted at step {}; {}",
-                run.step,
-                ckpt.kept()
-            )?;
-            return Err(Cancelled.into());
-        }
-        let started = Instant::now();
-        let first = run.step * cfg.grad_accum as u64;
-        let mine = (0..cfg.grad_accum)
-            .filter(|i| i % size == rank)
-            .map(|i| Ok((i, micro_cache.batch(&stream, first + i as u64)?)))
-            .collect::<Result<Vec<(usize, Batch)>>>()?;
-        session.data_seconds += started.elapsed().as_secs_f64();
-        let lr = schedule.lr(run.step);
-        let stats = match ranks {
-            None => {
-                let micro: Vec<Batch> = mine.into_iter().map(|(_, b)| b).collect();
-                trainer.accumulate_step(&micro, lr, clip)
+            if stop_now {
+                if ckpt.saved_step != Some(run.step) {
+                    ckpt.save(&run, &trainer)?;
+                }
+                writeln!(
+                    log,
+                    "train: interrupted at step {}; {}",
+                    run.step,
+                    ckpt.kept()
+                )?;
+                return Err(Cancelled.into());
             }
-            Some(r) => {
-                let shard = Shard {
-                    group: r.group,
-                    count: cfg.grad_accum,
-                    stop: cancel.is_cancelled(),
-                    time_sync: r.time_sync,
-                };
-                trainer.accumulate_shard(&mine, &shard, lr, clip)
-            }
-        }
-        .with_context(|| {
+            break;
+        };
+        flying = launched;
+        let stats = trainer.land(done.flight).with_context(|| {
             format!(
                 "step {} of {total_steps}: training stopped; {}",
                 run.step + 1,
                 ckpt.kept()
             )
         })?;
-        stop_agreed = stats.stop;
+        stop_agreed |= stats.stop;
         if let Some(s) = stats.sync_seconds {
             *session.sync_seconds.get_or_insert(0.0) += s;
         }
-        let seconds = started.elapsed().as_secs_f64();
+        // An update's time: from its launch, or from when the one before it
+        // landed if it was launched earlier (the steady pipelined period).
+        let now = Instant::now();
+        let seconds = now
+            .duration_since(done.started.max(last_landed))
+            .as_secs_f64();
+        last_landed = now;
         session.seconds += seconds;
         session.samples += stats.samples;
         run.train_seconds += seconds;
         run.step += 1;
-        run.adam_step = trainer.state().adam_step;
-        run.position = stream.position(run.step * cfg.grad_accum as u64);
         let validate_now = run.step == total_steps
             || (cfg.eval_every > 0 && run.step.is_multiple_of(cfg.eval_every));
+        let checkpoint_now =
+            run.step.is_multiple_of(cfg.checkpoint_every) || run.step == total_steps;
+        if flying.is_none() {
+            // The trainer holds exactly this update's state.
+            run.adam_step = trainer.state().adam_step;
+        } else {
+            debug_assert!(!validate_now && !checkpoint_now);
+            run.adam_step += 1;
+        }
+        run.position = stream.position(run.step * cfg.grad_accum as u64);
         let (val_loss, val_accuracy) = match (&data.eval_set, validate_now) {
             (Some(set), true) => {
                 let (l, a) = validate(&trainer, set, ranks)?;
@@ -365,9 +413,9 @@ pub fn train(
         let record = StepRecord {
             step: run.step,
             total_steps,
-            epoch: stream.position(first).epoch,
+            epoch: stream.position(done.first).epoch,
             loss: stats.loss,
-            lr,
+            lr: done.lr,
             grad_norm: stats.grad_norm,
             samples_per_s: stats.samples as f64 / seconds.max(1e-9),
             val_loss,
@@ -376,8 +424,6 @@ pub fn train(
         log_step(log, &record, stats.sync_seconds)?;
         on_step(&record);
         run.records.push(record);
-        let checkpoint_now =
-            run.step.is_multiple_of(cfg.checkpoint_every) || run.step == total_steps;
         if leader && checkpoint_now {
             // A finite loss can still leave overflowed adapters behind: never
             // let them replace the last good checkpoint.
@@ -442,6 +488,18 @@ fn step_config(cfg: &TrainConfig) -> StepConfig {
 }
 
 /// This attempt's training time, pairs, and time spent assembling batches.
+/// An update launched and not yet landed, with what its record needs.
+struct Flying {
+    flight: InFlight,
+    /// Its first micro-batch's index in the stream.
+    first: u64,
+    lr: f32,
+    /// When the host began it (fetching its batches).
+    started: Instant,
+    /// The run validates, checkpoints or ends after it.
+    boundary: bool,
+}
+
 #[derive(Default)]
 struct Session {
     seconds: f64,

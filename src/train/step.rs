@@ -375,6 +375,32 @@ pub struct UpdateStats {
     pub stop: bool,
 }
 
+/// An update started by [`Trainer::launch`], to be read by [`Trainer::land`].
+#[must_use = "an update's statistics must be landed"]
+pub struct InFlight(Flight);
+
+enum Flight {
+    /// Evaluated already (the eager path).
+    Done(UpdateStats),
+    /// Launched on the device: its norm and totals, and the state before it.
+    Pending {
+        count: usize,
+        norm: Array,
+        total: Total,
+        before: Before,
+    },
+}
+
+/// The trainer's state before an update, restored if the update is not finite.
+struct Before {
+    params: Vec<Array>,
+    m: Vec<Array>,
+    v: Vec<Array>,
+    adam_step: i32,
+    key: Array,
+    steps: u64,
+}
+
 /// How an update is shared among the ranks of a data-parallel job.
 pub struct Shard<'a> {
     pub group: &'a Group,
@@ -408,8 +434,8 @@ impl Local {
 
     /// The gradient sums and these totals summed over the shard's ranks (as
     /// they are without one), in one all-sum of one flat buffer. Nothing is
-    /// evaluated here unless the shard asks for the all-sum to be timed: the
-    /// caller evaluates the update once, totals included.
+    /// waited for here unless the shard asks for the all-sum to be timed: the
+    /// caller reads the update once, totals included.
     fn reduce(self, sum: Vec<Array>, shard: Option<&Shard>) -> Result<(Vec<Array>, Total)> {
         let loss_sum = match self.losses.len() {
             0 => Array::from_slice(&[0f32], &[1])?,
@@ -442,10 +468,25 @@ impl Local {
             .map(|g| g.as_dtype(mlx::Dtype::Float32)?.reshape(&[-1]))
             .collect::<mlx::Result<Vec<_>>>()?;
         flat.push(tail);
+        let flat = ops::concatenate_axis(&flat, 0)?;
+        // MLX's CUDA backend records each command buffer as a CUDA graph and
+        // reuses it only if every node is of a kind it knows how to update;
+        // otherwise the whole buffer is instantiated anew. A collective
+        // captured from NCCL may bring such nodes, and would then cost the
+        // instantiation of the hundreds of kernels beside it every update.
+        // Starting the local work, then the all-sum on its own, keeps the
+        // collective in a buffer of its own; the host waits for neither.
+        // (Timed, the same split is made by waiting.)
+        if !shard.time_sync {
+            mlx::async_eval([&flat])?;
+        }
         let total = shard
             .group
-            .all_sum(&ops::concatenate_axis(&flat, 0)?)
+            .all_sum(&flat)
             .context("all-summing the gradients over the ranks")?;
+        if !shard.time_sync {
+            mlx::async_eval([&total])?;
+        }
         let mut out = Vec::with_capacity(sum.len());
         let mut at = 0i32;
         for g in &sum {
@@ -577,7 +618,8 @@ impl Trainer {
     ) -> Result<UpdateStats> {
         anyhow::ensure!(!micro.is_empty(), "no micro-batches to train on");
         let mine: Vec<(usize, &Batch)> = micro.iter().enumerate().collect();
-        self.update(&mine, micro.len(), None, lr, clip)
+        let flight = self.update(&mine, micro.len(), None, lr, clip)?;
+        self.land(flight)
     }
 
     /// This rank's part of a data-parallel [`Trainer::accumulate_step`]: `micro`
@@ -594,14 +636,70 @@ impl Trainer {
         lr: f32,
         clip: Option<f32>,
     ) -> Result<UpdateStats> {
-        anyhow::ensure!(shard.count > 0, "no micro-batches to train on");
+        let flight = self.launch(micro, Some(shard), lr, clip)?;
+        self.land(flight)
+    }
+
+    /// Starts an update and returns without waiting for the device:
+    /// [`Trainer::accumulate_shard`] (or, without a shard,
+    /// [`Trainer::accumulate_step`] over `micro`'s batches) up to the read-back
+    /// of its loss and norm, which [`Trainer::land`] does. The trainer's state
+    /// is the update's result from here on, not yet computed, so the host can
+    /// build (and launch) the next update while the device works on this one;
+    /// every update's statistics must still be landed, in order. Compiled
+    /// trainers only overlap: an eager one has finished the update on return.
+    pub fn launch(
+        &mut self,
+        micro: &[(usize, Batch)],
+        shard: Option<&Shard>,
+        lr: f32,
+        clip: Option<f32>,
+    ) -> Result<InFlight> {
+        let count = shard.map_or(micro.len(), |s| s.count);
+        anyhow::ensure!(count > 0, "no micro-batches to train on");
         anyhow::ensure!(
-            micro.iter().all(|(i, _)| *i < shard.count),
-            "a micro-batch index is past the update's {}",
-            shard.count
+            micro.iter().all(|(i, _)| *i < count),
+            "a micro-batch index is past the update's {count}"
         );
         let mine: Vec<(usize, &Batch)> = micro.iter().map(|(i, b)| (*i, b)).collect();
-        self.update(&mine, shard.count, Some(shard), lr, clip)
+        self.update(&mine, count, shard, lr, clip)
+    }
+
+    /// Waits for a launched update and reads its statistics. A non-finite
+    /// loss or gradient norm is an error, and the trainer goes back to its
+    /// state before that update (any update launched after it is dropped too):
+    /// the parameters stay as they were.
+    pub fn land(&mut self, flight: InFlight) -> Result<UpdateStats> {
+        let (count, norm, total, before) = match flight.0 {
+            Flight::Done(stats) => return Ok(stats),
+            Flight::Pending {
+                count,
+                norm,
+                total,
+                before,
+            } => (count, norm, total, before),
+        };
+        mlx::eval([&norm, &total.tail])?;
+        let stats = norm
+            .item::<f32>()
+            .map_err(anyhow::Error::from)
+            .and_then(|norm| total.read(count, norm))
+            .and_then(|stats| {
+                let n = stats.grad_norm;
+                anyhow::ensure!(n.is_finite(), "the gradient norm is {n}");
+                Ok(stats)
+            });
+        if stats.is_err() {
+            // Back to the state before this update.
+            self.params = before.params;
+            self.opt.m = before.m;
+            self.opt.v = before.v;
+            self.opt.set_step_count(before.adam_step);
+            self.key = before.key;
+            self.steps = before.steps;
+            set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
+        }
+        stats
     }
 
     fn update(
@@ -611,12 +709,26 @@ impl Trainer {
         shard: Option<&Shard>,
         lr: f32,
         clip: Option<f32>,
-    ) -> Result<UpdateStats> {
+    ) -> Result<InFlight> {
+        let before = Before {
+            params: self.params.clone(),
+            m: self.opt.m.clone(),
+            v: self.opt.v.clone(),
+            adam_step: self.opt.step_count(),
+            key: self.key.clone(),
+            steps: self.steps,
+        };
         let keys = self.next_keys(count)?;
         if let Some(fns) = self.accum.take() {
-            let stats = self.accumulate_compiled(&fns, micro, &keys, shard, lr, clip);
+            let launched = self.accumulate_compiled(&fns, micro, &keys, shard, lr, clip);
             self.accum = Some(fns);
-            return stats;
+            let (norm, total) = launched?;
+            return Ok(InFlight(Flight::Pending {
+                count,
+                norm,
+                total,
+                before,
+            }));
         }
         let mut sum: Option<Vec<Array>> = None;
         let mut local = Local::default();
@@ -667,7 +779,7 @@ impl Trainer {
         mlx::eval(self.params.iter().chain(self.opt.state()))?;
         set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
         self.steps += 1;
-        Ok(stats)
+        Ok(InFlight(Flight::Done(stats)))
     }
 
     /// [`Trainer::accumulate_step`] through three compiled graphs: loss and
@@ -681,7 +793,7 @@ impl Trainer {
         shard: Option<&Shard>,
         lr: f32,
         clip: Option<f32>,
-    ) -> Result<UpdateStats> {
+    ) -> Result<(Array, Total)> {
         let n = self.params.len();
         let mut sum = fns.zeros.clone();
         let mut local = Local::default();
@@ -718,8 +830,7 @@ impl Trainer {
         // update that a data-parallel rank, with less GPU work per update,
         // cannot hide). The coefficient is the eager path's f32 arithmetic,
         // `min(clip / (norm + 1e-6), 1)`, done on the device. A non-finite norm
-        // is noticed after the evaluation and the new state dropped, so the
-        // parameters stay as they were.
+        // is noticed when the update lands, and the state before it restored.
         let inv_n = 1.0 / keys.len() as f32;
         let mut norm_in = sum.clone();
         norm_in.push(Array::from_f32(inv_n));
@@ -752,7 +863,6 @@ impl Trainer {
             .cloned()
             .collect();
         inputs.push(scale);
-        let adam_step = self.opt.step_count();
         inputs.extend(self.opt.next_scalars(lr));
         let out = fns.update.call(&inputs).context("compiled AdamW update")?;
         anyhow::ensure!(
@@ -760,27 +870,17 @@ impl Trainer {
             "compiled update returned {} arrays",
             out.len()
         );
-        // The update's one evaluation: gradients, all-sum, norm and AdamW.
-        mlx::eval(out.iter().chain([&norm, &total.tail]))?;
-        let stats = total
-            .read(keys.len(), norm.item::<f32>()?)
-            .and_then(|stats| {
-                let n = stats.grad_norm;
-                anyhow::ensure!(n.is_finite(), "the gradient norm is {n}");
-                Ok(stats)
-            });
-        let Ok(stats) = stats else {
-            // Drop the new state: the parameters stay as they were.
-            self.opt.set_step_count(adam_step);
-            return stats;
-        };
+        // The update's one evaluation (gradients, all-sum, norm and AdamW),
+        // started here and waited for in `land`. The new state takes the old
+        // one's place at once, unevaluated: the next update can be built on it.
+        mlx::async_eval(out.iter().chain([&norm, &total.tail]))?;
         let mut out = out.into_iter();
         self.params = out.by_ref().take(n).collect();
         self.opt.m = out.by_ref().take(n).collect();
         self.opt.v = out.collect();
         set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
         self.steps += 1;
-        Ok(stats)
+        Ok((norm, total))
     }
 
     /// Loss and in-batch accuracy on `batch` (dropout off, parameters unchanged).
@@ -1300,6 +1400,59 @@ mod tests {
                 "compile {compile}: the update was applied"
             );
         }
+    }
+
+    /// Launching an update before the previous one lands (the train loop's
+    /// pipelining) gives exactly the updates of one at a time; a non-finite
+    /// update that lands with another launched after it drops both.
+    #[test]
+    fn launched_updates_land_as_one_at_a_time_and_a_bad_one_drops_the_rest() {
+        let bits = |t: &Trainer| {
+            let s = t.state();
+            let all = [s.params, s.adam_m, s.adam_v].concat();
+            let h: Vec<Vec<u32>> = host(&all)
+                .iter()
+                .map(|v| v.iter().map(|x| x.to_bits()).collect())
+                .collect();
+            (h, s.adam_step, t.steps)
+        };
+        let one = |b: Batch| vec![(0usize, b)];
+        let two = || vec![(0usize, batch()), (1, other_batch())];
+        let mut a = trainer(true);
+        let want = vec![
+            a.accumulate_step(&[batch()], 1e-2, Some(1.0)).unwrap(),
+            a.accumulate_step(&[batch(), other_batch()], 2e-2, Some(1.0))
+                .unwrap(),
+            a.accumulate_step(&[other_batch()], 1e-2, None).unwrap(),
+        ];
+        let mut b = trainer(true);
+        let f1 = b.launch(&one(batch()), None, 1e-2, Some(1.0)).unwrap();
+        let f2 = b.launch(&two(), None, 2e-2, Some(1.0)).unwrap();
+        let s1 = b.land(f1).unwrap();
+        let f3 = b.launch(&one(other_batch()), None, 1e-2, None).unwrap();
+        let got = vec![s1, b.land(f2).unwrap(), b.land(f3).unwrap()];
+        assert_eq!(got, want);
+        assert!(bits(&a) == bits(&b), "pipelined updates differ");
+
+        let mut state = b.state();
+        let shape = state.params[1].shape().to_vec();
+        let values = vec![f32::INFINITY; state.params[1].size()];
+        state.params[1] = Array::from_slice(&values, &shape).unwrap();
+        b.restore(state).unwrap();
+        let before = bits(&b);
+        let bad = b.launch(&one(batch()), None, 1e-2, Some(1.0)).unwrap();
+        let after = b
+            .launch(&one(other_batch()), None, 1e-2, Some(1.0))
+            .unwrap();
+        let err = b.land(bad).unwrap_err();
+        assert!(format!("{err:#}").contains("the loss is"), "{err:#}");
+        drop(after);
+        assert!(before == bits(&b), "a dropped update was applied");
+        assert_eq!(
+            host(&b.state().params),
+            host(&lora_params(&b.model().encoder)),
+            "the model's adapters are not the trainer's"
+        );
     }
 
     #[test]
