@@ -1369,34 +1369,41 @@ mod tests {
         assert!(!t.params_finite().unwrap());
     }
 
+    /// The trainer's parameters and AdamW state, bit for bit.
+    fn state_bits(t: &Trainer) -> (Vec<Vec<u32>>, i32) {
+        let s = t.state();
+        let all = [s.params, s.adam_m, s.adam_v].concat();
+        let h = host(&all)
+            .iter()
+            .map(|v| v.iter().map(|x| x.to_bits()).collect())
+            .collect();
+        (h, s.adam_step)
+    }
+
+    /// Makes one adapter infinite, so the next update's loss is not finite.
+    fn poison(t: &mut Trainer) {
+        let mut state = t.state();
+        let shape = state.params[1].shape().to_vec();
+        let values = vec![f32::INFINITY; state.params[1].size()];
+        state.params[1] = Array::from_slice(&values, &shape).unwrap();
+        t.restore(state).unwrap();
+    }
+
     /// The loss is read after the update's one evaluation, so a non-finite
     /// loss must still leave the parameters and AdamW's state as they were.
     #[test]
     fn a_non_finite_loss_applies_no_update() {
         for compile in [false, true] {
             let mut t = trainer(compile);
-            let mut state = t.state();
-            let shape = state.params[1].shape().to_vec();
-            let values = vec![f32::INFINITY; state.params[1].size()];
-            state.params[1] = Array::from_slice(&values, &shape).unwrap();
-            t.restore(state).unwrap();
-            let bits = |t: &Trainer| {
-                let s = t.state();
-                let all = [s.params, s.adam_m, s.adam_v].concat();
-                let h: Vec<Vec<u32>> = host(&all)
-                    .iter()
-                    .map(|v| v.iter().map(|x| x.to_bits()).collect())
-                    .collect();
-                (h, s.adam_step)
-            };
-            let before = bits(&t);
+            poison(&mut t);
+            let before = state_bits(&t);
             let err = t
                 .accumulate_step(&[batch(), other_batch()], 1e-2, Some(1.0))
                 .unwrap_err();
             let msg = format!("{err:#}");
             assert!(msg.contains("the loss is"), "compile {compile}: {msg}");
             assert!(
-                before == bits(&t),
+                before == state_bits(&t),
                 "compile {compile}: the update was applied"
             );
         }
@@ -1407,15 +1414,6 @@ mod tests {
     /// update that lands with another launched after it drops both.
     #[test]
     fn launched_updates_land_as_one_at_a_time_and_a_bad_one_drops_the_rest() {
-        let bits = |t: &Trainer| {
-            let s = t.state();
-            let all = [s.params, s.adam_m, s.adam_v].concat();
-            let h: Vec<Vec<u32>> = host(&all)
-                .iter()
-                .map(|v| v.iter().map(|x| x.to_bits()).collect())
-                .collect();
-            (h, s.adam_step, t.steps)
-        };
         let one = |b: Batch| vec![(0usize, b)];
         let two = || vec![(0usize, batch()), (1, other_batch())];
         let mut a = trainer(true);
@@ -1432,14 +1430,13 @@ mod tests {
         let f3 = b.launch(&one(other_batch()), None, 1e-2, None).unwrap();
         let got = vec![s1, b.land(f2).unwrap(), b.land(f3).unwrap()];
         assert_eq!(got, want);
-        assert!(bits(&a) == bits(&b), "pipelined updates differ");
+        assert!(
+            state_bits(&a) == state_bits(&b) && a.steps == b.steps,
+            "pipelined updates differ"
+        );
 
-        let mut state = b.state();
-        let shape = state.params[1].shape().to_vec();
-        let values = vec![f32::INFINITY; state.params[1].size()];
-        state.params[1] = Array::from_slice(&values, &shape).unwrap();
-        b.restore(state).unwrap();
-        let before = bits(&b);
+        poison(&mut b);
+        let (before, steps) = (state_bits(&b), b.steps);
         let bad = b.launch(&one(batch()), None, 1e-2, Some(1.0)).unwrap();
         let after = b
             .launch(&one(other_batch()), None, 1e-2, Some(1.0))
@@ -1447,7 +1444,10 @@ mod tests {
         let err = b.land(bad).unwrap_err();
         assert!(format!("{err:#}").contains("the loss is"), "{err:#}");
         drop(after);
-        assert!(before == bits(&b), "a dropped update was applied");
+        assert!(
+            before == state_bits(&b) && steps == b.steps,
+            "a dropped update was applied"
+        );
         assert_eq!(
             host(&b.state().params),
             host(&lora_params(&b.model().encoder)),
