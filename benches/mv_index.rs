@@ -207,13 +207,15 @@ fn search(a: &Args, flat: &[f32], offsets: &[usize], index: MvIndex) -> Result<(
             index.search(q, &p)?;
         }
         let mut times: Vec<Duration> = Vec::new();
-        let mut found = 0;
+        let mut recalls: Vec<f64> = Vec::new();
         for ((_, q), t) in queries.iter().zip(&truth) {
             let s = Instant::now();
             let hits = index.search(q, &p)?;
             times.push(s.elapsed());
-            found += hits.iter().filter(|h| t.contains(&h.0)).count();
+            let found = hits.iter().filter(|h| t.contains(&h.0)).count();
+            recalls.push(found as f64 / 10.0);
         }
+        let (recall, margin) = mean_and_margin(&recalls);
         let l = Latency::of(&times);
         let label = if p.exhaustive {
             "exhaustive (all decompressed tokens)".to_string()
@@ -224,11 +226,24 @@ fn search(a: &Args, flat: &[f32], offsets: &[usize], index: MvIndex) -> Result<(
             )
         };
         println!(
-            "{label}: p50 {:.2} ms, p95 {:.2} ms, recall@10 vs exact {:.3}",
+            "{label}: p50 {:.2} ms, p95 {:.2} ms, recall@10 vs exact {recall:.3} (±{margin:.3} at 95% over {} queries)",
             l.p50_ms,
             l.p95_ms,
-            found as f64 / (10 * queries.len()) as f64
+            recalls.len()
         );
     }
     Ok(())
+}
+
+/// The mean of per-query values and the half-width of its normal 95%
+/// interval (1.96 standard errors): with 50 queries a recall of 0.94 is
+/// known to about ±0.01, the size of the differences being measured.
+fn mean_and_margin(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, 1.96 * (var / n).sqrt())
 }
