@@ -387,18 +387,9 @@ enum Flight {
         count: usize,
         norm: Array,
         total: Total,
-        before: Before,
+        /// The state before it, restored if it turns out not finite.
+        before: TrainerState,
     },
-}
-
-/// The trainer's state before an update, restored if the update is not finite.
-struct Before {
-    params: Vec<Array>,
-    m: Vec<Array>,
-    v: Vec<Array>,
-    adam_step: i32,
-    key: Array,
-    steps: u64,
 }
 
 /// How an update is shared among the ranks of a data-parallel job.
@@ -691,13 +682,7 @@ impl Trainer {
             });
         if stats.is_err() {
             // Back to the state before this update.
-            self.params = before.params;
-            self.opt.m = before.m;
-            self.opt.v = before.v;
-            self.opt.set_step_count(before.adam_step);
-            self.key = before.key;
-            self.steps = before.steps;
-            set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
+            self.restore(before)?;
         }
         stats
     }
@@ -710,14 +695,7 @@ impl Trainer {
         lr: f32,
         clip: Option<f32>,
     ) -> Result<InFlight> {
-        let before = Before {
-            params: self.params.clone(),
-            m: self.opt.m.clone(),
-            v: self.opt.v.clone(),
-            adam_step: self.opt.step_count(),
-            key: self.key.clone(),
-            steps: self.steps,
-        };
+        let before = self.state();
         let keys = self.next_keys(count)?;
         if let Some(fns) = self.accum.take() {
             let launched = self.accumulate_compiled(&fns, micro, &keys, shard, lr, clip);
