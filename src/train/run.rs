@@ -302,17 +302,17 @@ pub fn train(
     // anything else is launched, so those see exactly its parameters.
     let mut flying: Option<Flying> = None;
     let mut last_landed = Instant::now();
+    let validates_after = |step: u64| {
+        step == total_steps || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every))
+    };
+    let checkpoints_after =
+        |step: u64| step.is_multiple_of(cfg.checkpoint_every) || step == total_steps;
     loop {
         let stop_now = match ranks {
             Some(_) => stop_agreed,
             None => cancel.is_cancelled(),
         };
         let next = run.step + u64::from(flying.is_some());
-        let boundary = |step: u64| {
-            step == total_steps
-                || step.is_multiple_of(cfg.checkpoint_every)
-                || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every))
-        };
         let launch_next =
             !stop_now && next < total_steps && flying.as_ref().is_none_or(|f| !f.boundary);
         let launched = if launch_next {
@@ -332,19 +332,13 @@ pub fn train(
             });
             let flight = trainer
                 .launch(&mine, shard.as_ref(), lr, clip)
-                .with_context(|| {
-                    format!(
-                        "step {} of {total_steps}: training stopped; {}",
-                        next + 1,
-                        ckpt.kept()
-                    )
-                })?;
+                .with_context(|| stopped_at(next + 1, total_steps, &ckpt))?;
             Some(Flying {
                 flight,
                 first,
                 lr,
                 started,
-                boundary: boundary(next + 1),
+                boundary: validates_after(next + 1) || checkpoints_after(next + 1),
             })
         } else {
             None
@@ -369,13 +363,9 @@ pub fn train(
             break;
         };
         flying = launched;
-        let stats = trainer.land(done.flight).with_context(|| {
-            format!(
-                "step {} of {total_steps}: training stopped; {}",
-                run.step + 1,
-                ckpt.kept()
-            )
-        })?;
+        let stats = trainer
+            .land(done.flight)
+            .with_context(|| stopped_at(run.step + 1, total_steps, &ckpt))?;
         stop_agreed |= stats.stop;
         if let Some(s) = stats.sync_seconds {
             *session.sync_seconds.get_or_insert(0.0) += s;
@@ -391,10 +381,8 @@ pub fn train(
         session.samples += stats.samples;
         run.train_seconds += seconds;
         run.step += 1;
-        let validate_now = run.step == total_steps
-            || (cfg.eval_every > 0 && run.step.is_multiple_of(cfg.eval_every));
-        let checkpoint_now =
-            run.step.is_multiple_of(cfg.checkpoint_every) || run.step == total_steps;
+        let validate_now = validates_after(run.step);
+        let checkpoint_now = checkpoints_after(run.step);
         if flying.is_none() {
             // The trainer holds exactly this update's state.
             run.adam_step = trainer.state().adam_step;
@@ -487,7 +475,6 @@ fn step_config(cfg: &TrainConfig) -> StepConfig {
     }
 }
 
-/// This attempt's training time, pairs, and time spent assembling batches.
 /// An update launched and not yet landed, with what its record needs.
 struct Flying {
     flight: InFlight,
@@ -500,6 +487,15 @@ struct Flying {
     boundary: bool,
 }
 
+/// What a failed update's error says: its step, and what is kept.
+fn stopped_at(step: u64, total_steps: u64, ckpt: &Checkpoints) -> String {
+    format!(
+        "step {step} of {total_steps}: training stopped; {}",
+        ckpt.kept()
+    )
+}
+
+/// This attempt's training time, pairs, and time spent assembling batches.
 #[derive(Default)]
 struct Session {
     seconds: f64,
