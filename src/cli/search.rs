@@ -72,14 +72,14 @@ pub struct SearchArgs {
     #[arg(short, long, default_value_t = SearchOptions::default().k)]
     k: usize,
     /// Centroids probed per query token (more: better recall, slower).
-    #[arg(long, default_value_t = SearchParams::default().nprobe, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = SearchParams::default().nprobe, value_parser = at_least_one())]
     nprobe: usize,
     /// Documents kept by approximate MaxSim for the exact rerank to choose from.
-    #[arg(long, default_value_t = SearchParams::default().candidates, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = SearchParams::default().candidates, value_parser = at_least_one())]
     candidates: usize,
     /// Documents scored exactly over their decompressed tokens (more: recall
     /// closer to exact MaxSim, slower).
-    #[arg(long, default_value_t = SearchParams::default().rerank, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
+    #[arg(long, default_value_t = SearchParams::default().rerank, value_parser = at_least_one())]
     rerank: usize,
     #[arg(long, value_enum, default_value_t = DeviceParam::Cpu)]
     device: DeviceParam,
@@ -195,6 +195,11 @@ pub fn cmd_index(args: IndexArgs) -> Result<ExitCode, Failure> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A count flag that refuses 0 (clap's usage error, exit 2).
+fn at_least_one() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::<usize>::new().range(1..)
 }
 
 pub fn cmd_search(args: SearchArgs) -> Result<ExitCode, Failure> {
