@@ -9,7 +9,12 @@
 //!
 //!   cargo bench --bench index_real -- --path DIR --lang python --model DIR \
 //!       [--cache FILE] [--exclude GLOB]... [--queries 100] [--nbits 4] \
-//!       [--nprobe 2,4] [--candidates 256] [--rerank 32,64] [--dims 128] [--repeat 1]
+//!       [--nprobe 2,4] [--candidates 256] [--rerank 32,64] [--dims 128] [--repeat 1] \
+//!       [--keep-vectors] [--refine 0,16]
+//!
+//! `--keep-vectors` builds the index with its full vectors (`keep_vectors`),
+//! which `--refine` rescores the best reranked documents over; every
+//! combination of the list flags is measured on the same index.
 //!
 //! With `--dims`, the index projects the vectors (`index`'s `dims`): recall is
 //! then given twice, against exact MaxSim over the projected vectors (what the
@@ -26,7 +31,7 @@ use anyhow::{bail, ensure, Context, Result};
 use rayon::prelude::*;
 use xtr_pipe::cancel::CancelToken;
 use xtr_pipe::dataset::Lang;
-use xtr_pipe::eval::Latency;
+use xtr_pipe::eval::{mean_and_margin, Latency};
 use xtr_pipe::search::codec::CodecParams;
 use xtr_pipe::search::maxsim::{self, TokenVectors};
 use xtr_pipe::search::mv::{MvIndex, SearchParams};
@@ -135,10 +140,16 @@ fn main() -> Result<()> {
     let mut rerank = vec![32, 64];
     let mut dims: Option<usize> = None;
     let mut repeat = 1usize;
+    let mut refine = vec![0];
+    let mut keep_vectors = false;
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--bench" {
             continue; // cargo bench passes it
+        }
+        if flag == "--keep-vectors" {
+            keep_vectors = true;
+            continue;
         }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         let bad = || format!("bad value {value:?} for {flag}");
@@ -155,6 +166,7 @@ fn main() -> Result<()> {
             "--rerank" => rerank = list(&value).with_context(bad)?,
             "--dims" => dims = Some(value.parse().with_context(bad)?),
             "--repeat" => repeat = value.parse().with_context(bad)?,
+            "--refine" => refine = list(&value).with_context(bad)?,
             other => bail!("unknown flag {other}"),
         }
     }
@@ -223,6 +235,7 @@ fn main() -> Result<()> {
             ..CodecParams::default()
         },
         dims,
+        keep_vectors,
         ..BuildOptions::default()
     };
     // The model's vectors stay for the projected ground truth.
@@ -267,57 +280,81 @@ fn main() -> Result<()> {
         stats.codec_seconds,
         mib / (tokens as f64 / 1e6)
     );
+    if keep_vectors {
+        let mib = index.vector_bytes() as f64 / f64::from(1 << 20);
+        println!(
+            "full vectors: {mib:.1} MiB = {:.1} MiB per million tokens",
+            mib / (tokens as f64 / 1e6)
+        );
+    }
 
-    let mv = MvIndex::open(&dir.path().join("index").join("mv.bin"))?;
+    let mut mv = MvIndex::open(&dir.path().join("index").join("mv.bin"))?;
+    if keep_vectors {
+        mv.open_vectors(&dir.path().join("index").join("vectors.f16"))?;
+    }
+    let mut settings = Vec::new();
     for &probe in &nprobe {
         for &cands in &candidates {
             for &re in &rerank {
-                let p = SearchParams {
-                    k: 10,
-                    nprobe: probe,
-                    candidates: cands,
-                    rerank: re,
-                    exhaustive: false,
-                    exhaustive_below: 0,
-                };
-                for q in query_vectors.iter().take(5) {
-                    mv.search(q, &p)?; // pages the file in
+                for &fine in &refine {
+                    settings.push(SearchParams {
+                        k: 10,
+                        nprobe: probe,
+                        candidates: cands,
+                        rerank: re,
+                        refine: fine,
+                        exhaustive: false,
+                        exhaustive_below: 0,
+                    });
                 }
-                let mut times: Vec<Duration> = Vec::new();
-                let (mut found, mut found_model) = (0, 0);
-                for _ in 1..repeat {
-                    for q in &query_vectors {
-                        let s = Instant::now();
-                        mv.search(q, &p)?;
-                        times.push(s.elapsed());
-                    }
-                }
-                for (i, (q, t)) in query_vectors.iter().zip(&truth).enumerate() {
-                    let s = Instant::now();
-                    let hits = mv.search(q, &p)?;
-                    times.push(s.elapsed());
-                    found += hits.iter().filter(|h| t.contains(&h.0)).count();
-                    if let Some(m) = &model_truth {
-                        found_model += hits.iter().filter(|h| m[i].contains(&h.0)).count();
-                    }
-                }
-                let l = Latency::of(&times);
-                let against_model = match &model_truth {
-                    Some(_) => format!(
-                        ", vs exact over the model's {} dimensions {:.3}",
-                        model.dim(),
-                        found_model as f64 / (10 * truth.len()) as f64
-                    ),
-                    None => String::new(),
-                };
-                println!(
-                    "semantic nprobe {probe} candidates {cands} rerank {re}: p50 {:.2} ms, p95 {:.2} ms, recall@10 vs exact {:.3}{against_model}",
-                    l.p50_ms,
-                    l.p95_ms,
-                    found as f64 / (10 * truth.len()) as f64
-                );
             }
         }
+    }
+    for p in settings {
+        for q in query_vectors.iter().take(5) {
+            mv.search(q, &p)?; // pages the file in
+        }
+        let mut times: Vec<Duration> = Vec::new();
+        let (mut recalls, mut model_recalls) = (Vec::new(), Vec::new());
+        for _ in 1..repeat {
+            for q in &query_vectors {
+                let s = Instant::now();
+                mv.search(q, &p)?;
+                times.push(s.elapsed());
+            }
+        }
+        for (i, (q, t)) in query_vectors.iter().zip(&truth).enumerate() {
+            let s = Instant::now();
+            let hits = mv.search(q, &p)?;
+            times.push(s.elapsed());
+            let recall = |t: &[u32]| hits.iter().filter(|h| t.contains(&h.0)).count() as f64 / 10.0;
+            recalls.push(recall(t));
+            if let Some(m) = &model_truth {
+                model_recalls.push(recall(&m[i]));
+            }
+        }
+        let l = Latency::of(&times);
+        let (recall, margin) = mean_and_margin(&recalls);
+        let against_model = match &model_truth {
+            Some(_) => {
+                let (r, m) = mean_and_margin(&model_recalls);
+                format!(
+                    ", vs exact over the model's {} dimensions {r:.3} (±{m:.3})",
+                    model.dim()
+                )
+            }
+            None => String::new(),
+        };
+        println!(
+            "semantic nprobe {} candidates {} rerank {} refine {}: p50 {:.2} ms, p95 {:.2} ms, recall@10 vs exact {recall:.3} (±{margin:.3} at 95% over {} queries){against_model}",
+            p.nprobe,
+            p.candidates,
+            p.rerank,
+            p.refine,
+            l.p50_ms,
+            l.p95_ms,
+            recalls.len()
+        );
     }
 
     let given = Given {

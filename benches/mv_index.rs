@@ -5,14 +5,16 @@
 //!
 //!   cargo bench --bench mv_index -- [--units 10000] [--dim 128] [--queries 100]
 //!       [--qtokens 32] [--nbits 4] [--centroids K] [--nprobe 4] [--candidates 256] [--rerank 32]
-//!       [--topics 2048] [--spread 0.6] [--noise 0.3] [--seed 0] [--exhaustive]
-//!       [--index PATH]
+//!       [--keep-vectors] [--refine 0,32] [--topics 2048] [--spread 0.6] [--noise 0.3]
+//!       [--seed 0] [--exhaustive] [--index PATH]
 //!
 //! `--index PATH` keeps the built index there, and a later run with the same
 //! corpus flags opens it instead of building again (to try search settings).
+//! `--keep-vectors` also writes the full vectors (`PATH.f16`, f16) beside it,
+//! which `--refine` rescores the best reranked documents over.
 //!
-//! `--nprobe`, `--candidates` and `--rerank` take comma lists: every combination
-//! is measured on the same index.
+//! `--nprobe`, `--candidates`, `--rerank` and `--refine` take comma lists:
+//! every combination is measured on the same index.
 //!
 //! Documents have 20..=166 tokens (93 on average, as 10,000 Python stdlib units
 //! embedded with all-MiniLM-L6-v2 had). Ground truth uses every core (rayon).
@@ -22,11 +24,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use xtr_pipe::cancel::CancelToken;
-use xtr_pipe::eval::Latency;
+use xtr_pipe::eval::{mean_and_margin, Latency};
 use xtr_pipe::search::codec::{Codec, CodecParams};
 use xtr_pipe::search::maxsim;
 use xtr_pipe::search::mv::{self, EncodedDocs, MvIndex, SearchParams};
-use xtr_pipe::search::synth;
+use xtr_pipe::search::{synth, vectors};
 
 struct Args {
     units: usize,
@@ -38,6 +40,8 @@ struct Args {
     nprobe: Vec<usize>,
     candidates: Vec<usize>,
     rerank: Vec<usize>,
+    refine: Vec<usize>,
+    keep_vectors: bool,
     exhaustive: bool,
     topics: usize,
     spread: f32,
@@ -65,6 +69,8 @@ fn parse_args() -> Result<Args> {
         nprobe: vec![4],
         candidates: vec![256],
         rerank: vec![32],
+        refine: vec![0],
+        keep_vectors: false,
         exhaustive: false,
         topics: 2048,
         spread: 0.6,
@@ -81,6 +87,10 @@ fn parse_args() -> Result<Args> {
             a.exhaustive = true;
             continue;
         }
+        if flag == "--keep-vectors" {
+            a.keep_vectors = true;
+            continue;
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         let bad = || format!("bad value {value:?} for {flag}");
         match flag.as_str() {
@@ -93,6 +103,7 @@ fn parse_args() -> Result<Args> {
             "--nprobe" => a.nprobe = list(&value).with_context(bad)?,
             "--candidates" => a.candidates = list(&value).with_context(bad)?,
             "--rerank" => a.rerank = list(&value).with_context(bad)?,
+            "--refine" => a.refine = list(&value).with_context(bad)?,
             "--topics" => a.topics = value.parse().with_context(bad)?,
             "--spread" => a.spread = value.parse().with_context(bad)?,
             "--noise" => a.noise = value.parse().with_context(bad)?,
@@ -125,9 +136,14 @@ fn main() -> Result<()> {
 
     let dir = tempfile::tempdir()?;
     let path = a.index.clone().unwrap_or_else(|| dir.path().join("mv.bin"));
+    let vectors_path = path.with_extension("f16");
     if path.is_file() {
         println!("opening the index built before at {}", path.display());
-        return search(&a, &flat, &offsets, MvIndex::open(&path)?);
+        let mut index = MvIndex::open(&path)?;
+        if a.keep_vectors {
+            index.open_vectors(&vectors_path)?;
+        }
+        return search(&a, &flat, &offsets, index);
     }
     let build = Instant::now();
     let params = CodecParams {
@@ -145,7 +161,18 @@ fn main() -> Result<()> {
     };
     mv::write(&path, &codec, &docs_encoded)?;
     let built = build.elapsed();
-    let index = MvIndex::open(&path)?;
+    let mut index = MvIndex::open(&path)?;
+    if a.keep_vectors {
+        let started = Instant::now();
+        vectors::write(&vectors_path, a.dim, &flat)?;
+        index.open_vectors(&vectors_path)?;
+        println!(
+            "full vectors: written in {:.1}s, {:.1} MiB, {:.1} MiB per million tokens",
+            started.elapsed().as_secs_f64(),
+            index.vector_bytes() as f64 / (1 << 20) as f64,
+            index.vector_bytes() as f64 / (1 << 20) as f64 / (tokens as f64 / 1e6)
+        );
+    }
     let mib_per_m = index.file_bytes() as f64 / (1 << 20) as f64 / (tokens as f64 / 1e6);
     println!(
         "build: {:.1}s (k-means {:.1}s, {} centroids, {} bits), {:.1} MiB, {:.1} MiB per million tokens",
@@ -184,14 +211,17 @@ fn search(a: &Args, flat: &[f32], offsets: &[usize], index: MvIndex) -> Result<(
     for &nprobe in &a.nprobe {
         for &candidates in &a.candidates {
             for &rerank in &a.rerank {
-                settings.push(SearchParams {
-                    k: 10,
-                    nprobe,
-                    candidates,
-                    rerank,
-                    exhaustive: false,
-                    exhaustive_below: 0,
-                });
+                for &refine in &a.refine {
+                    settings.push(SearchParams {
+                        k: 10,
+                        nprobe,
+                        candidates,
+                        rerank,
+                        refine,
+                        exhaustive: false,
+                        exhaustive_below: 0,
+                    });
+                }
             }
         }
     }
@@ -221,8 +251,8 @@ fn search(a: &Args, flat: &[f32], offsets: &[usize], index: MvIndex) -> Result<(
             "exhaustive (all decompressed tokens)".to_string()
         } else {
             format!(
-                "nprobe {} candidates {} rerank {}",
-                p.nprobe, p.candidates, p.rerank
+                "nprobe {} candidates {} rerank {} refine {}",
+                p.nprobe, p.candidates, p.rerank, p.refine
             )
         };
         println!(
@@ -233,17 +263,4 @@ fn search(a: &Args, flat: &[f32], offsets: &[usize], index: MvIndex) -> Result<(
         );
     }
     Ok(())
-}
-
-/// The mean of per-query values and the half-width of its normal 95%
-/// interval (1.96 standard errors): with 50 queries a recall of 0.94 is
-/// known to about ±0.01, the size of the differences being measured.
-fn mean_and_margin(values: &[f64]) -> (f64, f64) {
-    let n = values.len() as f64;
-    if values.is_empty() {
-        return (f64::NAN, f64::NAN);
-    }
-    let mean = values.iter().sum::<f64>() / n;
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-    (mean, 1.96 * (var / n).sqrt())
 }

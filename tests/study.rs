@@ -315,6 +315,10 @@ fn index_and_search_outside_a_pipeline_update_incrementally() {
     let out = p.xtr(&["search", "x", "--index", "nowhere"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("is not an index"), "{}", stderr(&out));
+    // Refining needs the full vectors, which this index did not keep.
+    let out = p.xtr(&["search", "x", "--index", "idx", "--refine", "4"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--keep-vectors"), "{}", stderr(&out));
 
     // Projected to 8 dimensions with one file excluded; the engine's settings as flags.
     let projected = p.json(&[
@@ -330,13 +334,21 @@ fn index_and_search_outside_a_pipeline_update_incrementally() {
         "8",
         "--exclude",
         "pkg/m0.py",
+        "--keep-vectors",
     ]);
     assert_eq!(projected["stats"]["units"], 11, "{projected}");
+    let tokens = projected["stats"]["tokens"].as_u64().unwrap_or(0);
+    assert_eq!(
+        projected["vector_bytes"],
+        32 + tokens * 8 * 2,
+        "{projected}"
+    );
     let manifest: serde_json::Value = serde_json::from_str(&p.read("idx8/index.json")).unwrap();
     assert_eq!(manifest["dim"], 8, "{manifest}");
+    assert_eq!(manifest["vectors"], true, "{manifest}");
     let found = p.json(&[
         "search", "w17 w38", "--index", "idx8", "--mode", "semantic", "-k", "3", "--nprobe", "2",
-        "--rerank", "48",
+        "--rerank", "48", "--refine", "4",
     ]);
     assert_eq!(found["hits"].as_array().map(Vec::len), Some(3), "{found}");
     let out = p.xtr(&["search", "x", "--index", "idx8", "--rerank", "0"]);

@@ -44,6 +44,12 @@ pub struct IndexArgs {
     /// ranking that BENCHMARKS.md measures [default: the model's dimension].
     #[arg(long)]
     dims: Option<usize>,
+    /// Keep every token's full vector (f16) beside the compressed codes, so
+    /// `search --refine` can rescore the best documents exactly: 2 bytes per
+    /// dimension per token more on disk (about 3.5 times the compressed
+    /// index at 128 dimensions), read only for the refined documents.
+    #[arg(long)]
+    keep_vectors: bool,
     /// Files not to index: a glob relative to each path (repeatable), e.g. 'test/**'.
     #[arg(long)]
     exclude: Vec<String>,
@@ -81,6 +87,11 @@ pub struct SearchArgs {
     /// closer to exact MaxSim, slower).
     #[arg(long, default_value_t = SearchParams::default().rerank, value_parser = at_least_one())]
     rerank: usize,
+    /// Of the reranked documents, the best this many rescored over the full
+    /// vectors an index built with `--keep-vectors` holds (0: none) [default:
+    /// 32 where the index has them].
+    #[arg(long)]
+    refine: Option<usize>,
     #[arg(long, value_enum, default_value_t = DeviceParam::Cpu)]
     device: DeviceParam,
     #[command(flatten)]
@@ -170,6 +181,7 @@ pub fn cmd_index(args: IndexArgs) -> Result<ExitCode, Failure> {
         },
         embed_batch: 0,
         dims: args.dims,
+        keep_vectors: args.keep_vectors,
     };
     if !args.json.json {
         eprintln!(
@@ -181,16 +193,25 @@ pub fn cmd_index(args: IndexArgs) -> Result<ExitCode, Failure> {
     let (index, stats) = Index::update(&args.out, units, &embedder, &opts, &cancel)?;
     if args.json.json {
         print_json(&json!({"schema": 1, "index": args.out, "stats": stats,
-                           "mv_bytes": index.mv_bytes()}))?;
+                           "mv_bytes": index.mv_bytes(),
+                           "vector_bytes": index.vector_bytes()}))?;
     } else {
         println!(
-            "{}: {} units ({} embedded, {} reused), {} tokens, {:.1} MB multi-vector, in {:.2}s",
+            "{}: {} units ({} embedded, {} reused), {} tokens, {:.1} MB multi-vector{}, in {:.2}s",
             args.out.display(),
             stats.units,
             stats.embedded,
             stats.reused,
             stats.tokens,
             index.mv_bytes() as f64 / 1e6,
+            if index.manifest().vectors {
+                format!(
+                    " + {:.1} MB full vectors",
+                    index.vector_bytes() as f64 / 1e6
+                )
+            } else {
+                String::new()
+            },
             stats.total_seconds
         );
     }
@@ -210,6 +231,13 @@ pub fn cmd_search(args: SearchArgs) -> Result<ExitCode, Failure> {
         )));
     }
     let index = Index::open(&index_dir(&args.index)?)?;
+    if args.refine.is_some_and(|n| n > 0) && !index.manifest().vectors {
+        return Err(Failure::Other(anyhow::anyhow!(
+            "--refine needs the full vectors, and {} keeps none; rebuild it with \
+             `xtr-pipe index ... --keep-vectors`, or leave --refine out",
+            index.dir().display()
+        )));
+    }
     let mode = match (args.mode, args.fusion) {
         (ModeArg::Semantic, _) => Mode::Semantic,
         (ModeArg::Bm25, _) => Mode::Bm25,
@@ -235,6 +263,7 @@ pub fn cmd_search(args: SearchArgs) -> Result<ExitCode, Failure> {
             nprobe: args.nprobe,
             candidates: args.candidates,
             rerank: args.rerank,
+            refine: args.refine.unwrap_or(SearchParams::default().refine),
             ..SearchParams::default()
         },
         ..SearchOptions::default()

@@ -161,9 +161,32 @@ impl Latency {
     }
 }
 
+/// The mean of per-query values and the half-width of its normal 95%
+/// interval (1.96 standard errors): with 50 queries a recall of 0.94 is known
+/// to about ±0.01. `(NaN, NaN)` for no values; a margin of 0 for one.
+pub fn mean_and_margin(values: &[f64]) -> (f64, f64) {
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, 1.96 * (var / n).sqrt())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_and_margin_by_hand() {
+        // Mean 0.5; sample variance 1/3 over 4 values; 1.96 * sqrt(1/12).
+        let (mean, margin) = mean_and_margin(&[0.0, 0.0, 1.0, 1.0]);
+        close(mean, 0.5);
+        close(margin, 1.96 * (1.0f64 / 12.0).sqrt());
+        assert_eq!(mean_and_margin(&[0.7]), (0.7, 0.0));
+        assert!(mean_and_margin(&[]).0.is_nan());
+    }
 
     fn set(ids: &[&'static str]) -> HashSet<&'static str> {
         ids.iter().copied().collect()

@@ -10,6 +10,6 @@ pub mod queries;
 pub mod run;
 
 pub use csn::{evaluate_pairs, CsnOptions, CsnReport};
-pub use metrics::{Latency, QueryScores, Summary};
+pub use metrics::{mean_and_margin, Latency, QueryScores, Summary};
 pub use queries::{Query, QuerySet};
 pub use run::{evaluate, EvalOptions, EvalReport, ModeReport, QueryOutcome};

@@ -5,7 +5,8 @@
 //! `units.json` (every [`Unit`]), `bm25/` (tantivy), `mv.bin` (the compressed
 //! token embeddings, document `i` being unit `i`) and, where the vectors were
 //! projected to fewer dimensions, `projection.safetensors` (queries go through
-//! the same matrix). It is built in a sibling
+//! the same matrix), and, where the build keeps them, `vectors.f16` (the
+//! full vectors, for refining the best few documents). It is built in a sibling
 //! temporary directory and swapped in, so a failed build leaves the old index.
 //! [`Index::update`] re-embeds only units whose content hash is new, reusing the
 //! stored codes of the others under the existing codec (PLAID-style appends).
@@ -48,7 +49,13 @@ pub struct Manifest {
     pub tokens: usize,
     pub nbits: u8,
     pub centroids: usize,
+    /// Whether `vectors.f16` holds the full vectors (absent: false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub vectors: bool,
 }
+
+/// The stored full vectors in an index directory.
+const VECTORS_FILE: &str = "vectors.f16";
 
 /// How an index is built.
 #[derive(Debug, Clone, Default)]
@@ -60,6 +67,10 @@ pub struct BuildOptions {
     /// compressed (fitted to the indexed tokens, [`Projection`]); `None`, or
     /// the model's own dimension, keeps them as they are.
     pub dims: Option<usize>,
+    /// Keep the full vectors (f16) beside the compressed ones, so searches can
+    /// refine their best documents exactly ([`SearchParams::refine`]): 2
+    /// bytes per dimension per token more on disk.
+    pub keep_vectors: bool,
 }
 
 /// The projection file in an index directory.
@@ -276,15 +287,25 @@ impl Index {
         stats.codec_seconds = started.elapsed().as_secs_f64();
         let encoded = EncodedDocs { offsets, tokens };
         stats.tokens = encoded.tokens.centroids.len();
-        let index = publish(dir, units, &codec, projection.as_ref(), &encoded, model)?;
+        let kept = opts.keep_vectors.then_some(vectors.as_slice());
+        let index = publish(
+            dir,
+            units,
+            &codec,
+            projection.as_ref(),
+            &encoded,
+            kept,
+            model,
+        )?;
         stats.total_seconds = started.elapsed().as_secs_f64();
         Ok((index, stats))
     }
 
     /// Brings the index in `dir` up to `units`: units whose hash the index already
-    /// holds keep their stored codes; only new texts are embedded, and encoded with
-    /// the index's codec. Without an index there, or when the embedder's name or
-    /// dimension differ from the index's, it builds from scratch.
+    /// holds keep their stored codes (and full vectors); only new texts are
+    /// embedded, and encoded with the index's codec. Without an index there, when
+    /// the embedder's name or dimension differ from the index's, or when full
+    /// vectors are asked of an index that kept none, it builds from scratch.
     pub fn update(
         dir: &Path,
         units: Vec<Unit>,
@@ -300,6 +321,7 @@ impl Index {
         if old.manifest.model != embedder.name()
             || old.model_dim() != embedder.dim()
             || old.manifest.dim != wanted_dim
+            || (opts.keep_vectors && !old.manifest.vectors)
         {
             drop(old);
             return Index::build(dir, units, embedder, opts, cancel);
@@ -327,14 +349,19 @@ impl Index {
         let vectors = project(old.projection.as_ref(), vectors)?;
         let codec = old.mv.codec().clone();
         let encoded_fresh = codec.encode(&vectors)?;
-        let bpt = codec.bytes_per_token();
+        let (bpt, dim) = (codec.bytes_per_token(), codec.dim());
         let mut encoded = EncodedDocs::default();
+        // The full vectors in document order, where the index keeps them.
+        let mut full: Vec<f32> = Vec::new();
         let mut next_fresh = 0;
         for unit in &units {
             match by_hash.get(unit.hash.as_str()) {
                 Some(&i) => {
                     let (c, codes) = old.mv.doc_tokens(i);
                     encoded.push(&c, &codes);
+                    if let Some(v) = old.mv.stored_vectors(i).filter(|_| opts.keep_vectors) {
+                        full.extend_from_slice(&v);
+                    }
                 }
                 None => {
                     let (a, b) = (fresh_offsets[next_fresh], fresh_offsets[next_fresh + 1]);
@@ -342,6 +369,9 @@ impl Index {
                         &encoded_fresh.centroids[a..b],
                         &encoded_fresh.codes[a * bpt..b * bpt],
                     );
+                    if opts.keep_vectors {
+                        full.extend_from_slice(&vectors[a * dim..b * dim]);
+                    }
                     next_fresh += 1;
                 }
             }
@@ -359,7 +389,16 @@ impl Index {
             codec_seconds: 0.0,
             total_seconds: 0.0,
         };
-        let index = publish(dir, units, &codec, projection.as_ref(), &encoded, &model)?;
+        let kept = opts.keep_vectors.then_some(full.as_slice());
+        let index = publish(
+            dir,
+            units,
+            &codec,
+            projection.as_ref(),
+            &encoded,
+            kept,
+            &model,
+        )?;
         let stats = BuildStats {
             total_seconds: started.elapsed().as_secs_f64(),
             ..stats
@@ -380,7 +419,10 @@ impl Index {
         }
         let units: Vec<Unit> = read_json(&dir.join("units.json"))?;
         let bm25 = Bm25Index::open(&dir.join("bm25"))?;
-        let mv = MvIndex::open(&dir.join("mv.bin"))?;
+        let mut mv = MvIndex::open(&dir.join("mv.bin"))?;
+        if manifest.vectors {
+            mv.open_vectors(&dir.join(VECTORS_FILE))?;
+        }
         if units.len() != manifest.units
             || mv.n_docs() != units.len()
             || bm25.len() != units.len() as u64
@@ -447,6 +489,11 @@ impl Index {
     /// Bytes of the compressed embeddings file.
     pub fn mv_bytes(&self) -> usize {
         self.mv.file_bytes()
+    }
+
+    /// Bytes of the stored full vectors (0 where the index keeps none).
+    pub fn vector_bytes(&self) -> usize {
+        self.mv.vector_bytes()
     }
 
     /// Search `query`; semantic and hybrid modes need the embedder that built the index.
@@ -646,6 +693,7 @@ fn publish(
     codec: &Codec,
     projection: Option<&Projection>,
     encoded: &EncodedDocs,
+    vectors: Option<&[f32]>,
     model: &str,
 ) -> Result<Index> {
     let name = dir
@@ -671,8 +719,12 @@ fn publish(
         tokens: encoded.tokens.centroids.len(),
         nbits: codec.nbits(),
         centroids: codec.n_centroids(),
+        vectors: vectors.is_some(),
     };
     mv::write(&tmp.join("mv.bin"), codec, encoded)?;
+    if let Some(v) = vectors {
+        super::vectors::write(&tmp.join(VECTORS_FILE), codec.dim(), v)?;
+    }
     if let Some(p) = projection {
         p.save(&tmp.join(PROJECTION_FILE))?;
     }
@@ -844,6 +896,69 @@ pub fn garbage_collect(store: &Store) {
     /// `dims`: the vectors are stored projected, queries are projected the
     /// same way, an update with the same `dims` keeps the stored codes and
     /// another `dims` rebuilds; a damaged projection file is named.
+    /// An index built with `keep_vectors` holds every unit's full vectors;
+    /// an update carries the kept units' vectors over beside the new ones or
+    /// drops them all, and a missing file is an error.
+    #[test]
+    fn kept_vectors_follow_updates_and_are_checked_on_open() {
+        let (_src, units) = tree(LIB);
+        let out = tempfile::tempdir().unwrap();
+        let dir = out.path().join("idx");
+        let emb = FakeEmbedder::new(16);
+        let cancel = CancelToken::new();
+        let keep = BuildOptions {
+            keep_vectors: true,
+            ..BuildOptions::default()
+        };
+        // Each unit's stored vectors are its embedding, to f16's precision.
+        let check = |index: &Index, units: &[Unit]| {
+            let all: Vec<usize> = (0..units.len()).collect();
+            let fresh = embed_units(units, &all, &emb, &keep, &cancel).unwrap();
+            for d in 0..units.len() {
+                let stored = index.mv.stored_vectors(d).unwrap();
+                assert_eq!(stored.len(), fresh.doc(d).len(), "unit {d}");
+                for (a, b) in stored.iter().zip(fresh.doc(d)) {
+                    assert!((a - b).abs() < 1e-3, "unit {d}: {a} {b}");
+                }
+            }
+        };
+        let (index, _) = Index::build(&dir, units.clone(), &emb, &keep, &cancel).unwrap();
+        assert!(index.manifest().vectors && dir.join(VECTORS_FILE).is_file());
+        assert_eq!(index.vector_bytes(), 32 + index.manifest().tokens * 16 * 2);
+        check(&index, &units);
+        let hits = index
+            .search("artifact key hash", Some(&emb), &opts(Mode::Semantic))
+            .unwrap();
+        assert_eq!(hits[0].key(), "src/lib.rs::artifact_key", "{hits:?}");
+        drop(index);
+
+        let edited = LIB.replace("store.sweep()", "store.sweep_unreferenced()");
+        let (_src2, edited_units) = tree(&edited);
+        let (index, stats) =
+            Index::update(&dir, edited_units.clone(), &emb, &keep, &cancel).unwrap();
+        assert_eq!(
+            (stats.embedded, stats.reused, stats.retrained),
+            (1, 3, false)
+        );
+        check(&index, &edited_units);
+        drop(index);
+
+        std::fs::rename(dir.join(VECTORS_FILE), out.path().join("aside")).unwrap();
+        let err = Index::open(&dir).err().map(|e| format!("{e:#}")).unwrap();
+        assert!(err.contains(VECTORS_FILE), "{err}");
+        std::fs::rename(out.path().join("aside"), dir.join(VECTORS_FILE)).unwrap();
+
+        let (index, stats) =
+            Index::update(&dir, edited_units, &emb, &BuildOptions::default(), &cancel).unwrap();
+        assert_eq!(
+            (stats.embedded, stats.retrained),
+            (0, false),
+            "dropping the vectors keeps the codes"
+        );
+        assert!(!index.manifest().vectors && index.vector_bytes() == 0);
+        assert!(!dir.join(VECTORS_FILE).exists());
+    }
+
     #[test]
     fn a_projected_index_searches_updates_and_rebuilds() {
         let (_src, units) = tree(LIB);

@@ -8,6 +8,8 @@
 //! - [`codec`] + [`mv`]: the compressed multi-vector index — k-means centroids
 //!   (MLX) plus 2/4-bit residuals, memory-mapped, searched by probing centroids,
 //!   scoring with missing-similarity imputation (WARP) and reranking exactly.
+//! - [`vectors`]: the full token vectors an index may keep beside the codes
+//!   (f16, memory-mapped) for a last exact rerank of the best few documents.
 //! - [`maxsim`]: exact MaxSim, the ground truth; [`fusion`]: RRF and weighted fusion.
 //! - [`embed`]: the [`Embedder`] seam (a real model, or a test fake).
 //! - [`index`]: [`Index`] ties them together: build, incremental update, open,
@@ -30,6 +32,7 @@ pub mod shard;
 pub mod synth;
 pub mod tokenize;
 pub mod units;
+pub mod vectors;
 
 pub use embed::{Embedder, HashEmbedder, ModelEmbedder};
 pub use index::{

@@ -12,7 +12,9 @@
 //! re-scored by centroid interaction over all their tokens (PLAID: each token as
 //! its centroid, a table lookup), and the best `rerank` of those exactly over
 //! their decompressed tokens. Small indexes (or `exhaustive`) skip probing and
-//! score every document over all its decompressed tokens.
+//! score every document over all its decompressed tokens. Where the index keeps
+//! its full vectors ([`super::vectors`]), the best `refine` documents are
+//! scored once more over them, so the final order is exact MaxSim's.
 //!
 //! The file opens with a header (magic, version, dimension, bit width and
 //! counts); its size must be exactly what the header implies, and every offset and
@@ -28,6 +30,7 @@ use memmap2::Mmap;
 
 use super::codec::{Codec, Encoded};
 use super::maxsim::{best_k, TokenVectors};
+use super::vectors::StoredVectors;
 
 const MAGIC: &[u8; 8] = b"XTRMVIX\0";
 const VERSION: u32 = 1;
@@ -43,6 +46,11 @@ pub struct SearchParams {
     pub candidates: usize,
     /// The best of those re-scored exactly over their decompressed tokens (at least `k`).
     pub rerank: usize,
+    /// The best of those scored once more over the stored full vectors, where
+    /// the index keeps them (0: never). When it is at least `rerank`, the
+    /// decompressed scoring is skipped: the reranked documents are scored
+    /// over their full vectors directly.
+    pub refine: usize,
     /// Score every document over all its tokens (no probing).
     pub exhaustive: bool,
     /// Indexes of at most this many tokens are always searched exhaustively.
@@ -56,6 +64,7 @@ impl Default for SearchParams {
             nprobe: 4,
             candidates: 256,
             rerank: 32,
+            refine: 32,
             exhaustive: false,
             exhaustive_below: 20_000,
         }
@@ -245,6 +254,8 @@ pub struct MvIndex {
     /// Each token's centroid, in document order (derived on open).
     doc_centroids: Vec<u32>,
     layout: Layout,
+    /// The full vectors, where the index keeps them.
+    vectors: Option<StoredVectors>,
 }
 
 fn u32_at(bytes: &[u8], i: usize) -> u32 {
@@ -383,6 +394,34 @@ impl MvIndex {
             doc_offsets,
             layout,
             map,
+            vectors: None,
+        })
+    }
+
+    /// Opens the full vectors kept beside the index (`vectors.f16`, written
+    /// by [`super::vectors::write`] from the same documents), for `refine`.
+    pub fn open_vectors(&mut self, path: &Path) -> Result<()> {
+        self.vectors = Some(StoredVectors::open(path, self.codec.dim, self.n_tokens)?);
+        Ok(())
+    }
+
+    /// Whether the index keeps its full vectors.
+    pub fn has_vectors(&self) -> bool {
+        self.vectors.is_some()
+    }
+
+    /// Bytes of the stored full vectors (0 without them).
+    pub fn vector_bytes(&self) -> usize {
+        self.vectors.as_ref().map_or(0, StoredVectors::file_bytes)
+    }
+
+    /// One document's stored full vectors, row-major (`None` without them).
+    pub fn stored_vectors(&self, doc: usize) -> Option<Vec<f32>> {
+        let v = self.vectors.as_ref()?;
+        Some(if doc < self.n_docs {
+            v.rows(self.doc_offsets[doc]..self.doc_offsets[doc + 1])
+        } else {
+            Vec::new()
         })
     }
 
@@ -470,7 +509,8 @@ impl MvIndex {
             return Ok(Vec::new());
         }
         if p.exhaustive || self.n_tokens <= p.exhaustive_below {
-            return Ok(self.search_exhaustive(query, p.k));
+            let all = (0..self.n_docs as u32).map(|d| (d, 0.0)).collect();
+            return Ok(self.rescore(query, all, p));
         }
         let scorer = Scorer::new(self, query);
         let rerank = p.rerank.max(p.k);
@@ -479,11 +519,39 @@ impl MvIndex {
             .into_iter()
             .map(|d| (d, self.centroid_score(&scorer, d as usize)))
             .collect();
-        let scored = best_k(by_centroids, rerank)
-            .into_iter()
-            .map(|(d, _)| (d, self.exact(query, d as usize)))
-            .collect();
-        Ok(best_k(scored, p.k))
+        Ok(self.rescore(query, best_k(by_centroids, rerank), p))
+    }
+
+    /// The best `p.k` of `docs` by MaxSim over their decompressed tokens,
+    /// the best `p.refine` of those re-scored over the stored full vectors
+    /// where the index keeps them. When every document would be refined,
+    /// they are scored over their full vectors alone.
+    fn rescore(
+        &self,
+        query: &TokenVectors,
+        docs: Vec<(u32, f32)>,
+        p: &SearchParams,
+    ) -> Vec<(u32, f32)> {
+        let full = |scored: Vec<(u32, f32)>, v: &StoredVectors| -> Vec<(u32, f32)> {
+            let exact = scored
+                .into_iter()
+                .map(|(d, _)| {
+                    let range = self.doc_offsets[d as usize]..self.doc_offsets[d as usize + 1];
+                    (d, super::maxsim::maxsim(query, &v.rows(range)))
+                })
+                .collect();
+            best_k(exact, p.k)
+        };
+        let decompressed = |docs: Vec<(u32, f32)>| -> Vec<(u32, f32)> {
+            docs.into_iter()
+                .map(|(d, _)| (d, self.exact(query, d as usize)))
+                .collect()
+        };
+        match self.vectors.as_ref().filter(|_| p.refine > 0) {
+            Some(v) if p.refine >= docs.len() => full(docs, v),
+            Some(v) => full(best_k(decompressed(docs), p.refine.max(p.k)), v),
+            None => best_k(decompressed(docs), p.k),
+        }
     }
 
     /// MaxSim with every token of `doc` standing as its centroid.
@@ -554,14 +622,6 @@ impl MvIndex {
     /// MaxSim of `query` over all of one document's decompressed tokens.
     fn exact(&self, query: &TokenVectors, doc: usize) -> f32 {
         super::maxsim::maxsim(query, &self.doc_vectors(doc))
-    }
-
-    /// Every document scored over all its decompressed tokens.
-    fn search_exhaustive(&self, query: &TokenVectors, k: usize) -> Vec<(u32, f32)> {
-        let scores = (0..self.n_docs)
-            .map(|d| (d as u32, self.exact(query, d)))
-            .collect();
-        best_k(scores, k)
     }
 }
 
@@ -775,6 +835,71 @@ mod tests {
         }
         let recall = found as f64 / (10 * queries.len()) as f64;
         assert!(recall >= 0.95, "recall@10 {recall}");
+    }
+
+    /// With the full vectors beside it, the index's best documents carry
+    /// exact MaxSim scores (up to f16 rounding) on every search path; without
+    /// them, or with `refine = 0`, the decompressed scores, which are not.
+    #[test]
+    fn refining_over_stored_vectors_gives_exact_maxsim() {
+        let dim = 32;
+        let docs = synth::corpus(600, 8, 24, dim, 48, 0.35, 7);
+        let queries = synth::queries(&docs, dim, 20, 8, 0.3, 9);
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = build(
+            &docs,
+            dim,
+            &CodecParams::default(),
+            &dir.path().join("mv.bin"),
+        );
+        let exhaustive = SearchParams {
+            exhaustive: true,
+            exhaustive_below: 0,
+            ..Default::default()
+        };
+        let probing = SearchParams {
+            exhaustive_below: 0,
+            ..Default::default()
+        };
+        // The largest gap between a hit's score and its document's exact MaxSim.
+        let worst = |index: &MvIndex, p: &SearchParams| -> f32 {
+            let mut worst = 0f32;
+            for (_, q) in &queries {
+                for (d, score) in index.search(q, p).unwrap() {
+                    let exact = maxsim::maxsim(q, &docs[d as usize]);
+                    worst = worst.max((score - exact).abs());
+                }
+            }
+            worst
+        };
+        let before = worst(&index, &exhaustive);
+        let before_hits = index.search(&queries[0].1, &probing).unwrap();
+        assert!(!index.has_vectors() && index.stored_vectors(0).is_none());
+
+        let path = dir.path().join("vectors.f16");
+        crate::search::vectors::write(&path, dim, &docs.concat()).unwrap();
+        index.open_vectors(&path).unwrap();
+        assert!(index.has_vectors());
+        assert_eq!(index.stored_vectors(1).unwrap().len(), docs[1].len());
+        // Decompressed, then the best 32 refined (exhaustive), and the
+        // reranked documents scored over their vectors alone (probing:
+        // refine 32 = rerank 32).
+        let (refined, direct) = (worst(&index, &exhaustive), worst(&index, &probing));
+        assert!(before > 5e-3, "decompressed scores off by at most {before}");
+        assert!(refined < 2e-3 && direct < 2e-3, "{refined} {direct}");
+        // The exhaustive search now finds the exact top 10's scores.
+        for (_, q) in &queries {
+            let hits = index.search(q, &exhaustive).unwrap();
+            let truth = maxsim::top_k(q, docs.iter().map(|d| d.as_slice()), 10);
+            for (h, t) in hits.iter().zip(&truth) {
+                assert!((h.1 - t.1).abs() < 2e-3, "{hits:?} {truth:?}");
+            }
+        }
+        let off = SearchParams {
+            refine: 0,
+            ..probing
+        };
+        assert_eq!(index.search(&queries[0].1, &off).unwrap(), before_hits);
     }
 
     #[test]

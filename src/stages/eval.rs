@@ -83,6 +83,11 @@ pub struct Params {
     pub candidates: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerank: Option<usize>,
+    /// Of the reranked documents, the best this many rescored over the full
+    /// vectors, where the index keeps them (`keep_vectors`); 0: none. Default:
+    /// the engine's, 32.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refine: Option<usize>,
     #[serde(default = "default_query_tokens")]
     pub max_query_tokens: usize,
     /// The split of the `dataset` input ranked CodeSearchNet-style.
@@ -98,6 +103,18 @@ pub struct Params {
     pub compute: ComputeParams,
 }
 
+/// A `refine` written in the params needs an index that kept its vectors
+/// (the default one applies only where it did).
+fn check_refine(p: &Params, index: &Index) -> Result<()> {
+    if p.refine.is_some_and(|n| n > 0) && !index.manifest().vectors {
+        bail!(
+            "`refine` rescores over the index's full vectors, and this index keeps none: \
+             set keep_vectors = true on the index stage, or leave `refine` out"
+        );
+    }
+    Ok(())
+}
+
 /// The engine's settings, the params' where written.
 fn engine_params(p: &Params) -> SearchParams {
     let d = SearchParams::default();
@@ -105,6 +122,7 @@ fn engine_params(p: &Params) -> SearchParams {
         nprobe: p.nprobe.unwrap_or(d.nprobe),
         candidates: p.candidates.unwrap_or(d.candidates),
         rerank: p.rerank.unwrap_or(d.rerank),
+        refine: p.refine.unwrap_or(d.refine),
         ..d
     }
 }
@@ -205,6 +223,7 @@ impl Stage for EvalStage {
     fn run(&self, ctx: &StageContext<'_>) -> Result<()> {
         let index = Index::open(&ctx.inputs.one("index")?.file(INDEX_DIR)?)?;
         let p = &self.params;
+        check_refine(p, &index)?;
         let opts = EvalOptions {
             modes: p.modes.clone(),
             search: SearchOptions {
@@ -346,5 +365,50 @@ mod tests {
         let params: Params = crate::stages::decode(&spec).unwrap();
         let mv = engine_params(&params);
         assert_eq!((mv.nprobe, mv.candidates, mv.rerank), (2, 256, 48));
+        assert_eq!(mv.refine, SearchParams::default().refine);
+        let refined = configured("refine = 0\n").unwrap();
+        assert_ne!(
+            refined.params, plain.params,
+            "refine = 0 is a setting (off)"
+        );
+    }
+
+    /// A written `refine` is refused for an index without its full vectors
+    /// (a pipeline must not silently measure without them); the default
+    /// applies to either.
+    #[test]
+    fn a_written_refine_needs_an_index_that_kept_its_vectors() {
+        use crate::cancel::CancelToken;
+        use crate::dataset::Lang;
+        use crate::search::{collect, BuildOptions, CollectOptions, HashEmbedder, SourceRoot};
+        let roots = [SourceRoot {
+            path: "src/search/fusion.rs".into(),
+            prefix: String::new(),
+            langs: vec![Lang::Rust],
+            exclude: Vec::new(),
+        }];
+        let units = collect(&roots, &CollectOptions::default(), &CancelToken::new()).unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let params = |own: &str| -> Params {
+            let text = format!("queries = \"datasets/xtr-pipe-queries.toml\"\n{own}");
+            crate::stages::decode(&crate::stages::template_spec(&KIND, &text).unwrap()).unwrap()
+        };
+        for keep_vectors in [false, true] {
+            let opts = BuildOptions {
+                keep_vectors,
+                ..BuildOptions::default()
+            };
+            let dir = out.path().join(format!("kept-{keep_vectors}"));
+            let emb = HashEmbedder::new(8);
+            let (index, _) =
+                Index::build(&dir, units.clone(), &emb, &opts, &CancelToken::new()).unwrap();
+            let written = check_refine(&params("refine = 8\n"), &index);
+            assert_eq!(written.is_ok(), keep_vectors, "{written:?}");
+            if let Err(e) = written {
+                assert!(e.to_string().contains("keep_vectors = true"), "{e}");
+            }
+            assert!(check_refine(&params(""), &index).is_ok());
+            assert!(check_refine(&params("refine = 0\n"), &index).is_ok());
+        }
     }
 }

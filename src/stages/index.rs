@@ -101,6 +101,12 @@ pub struct Params {
     /// bytes and time. Default: the model's own dimension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dims: Option<usize>,
+    /// Keep every token's full vector (f16) beside the compressed codes, so
+    /// searches rescore their best documents exactly (the search's and eval's
+    /// `refine`): 2 bytes per dimension per token more on disk, read only for
+    /// those documents. Default: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_vectors: bool,
     #[serde(default)]
     pub seed: u64,
     #[serde(flatten)]
@@ -234,6 +240,7 @@ impl Stage for IndexStage {
             },
             embed_batch: 0,
             dims: self.params.dims,
+            keep_vectors: self.params.keep_vectors,
         };
         let (index, stats) = if self.ranks > 1 {
             self.build_on_ranks(ctx, &model_dir, units, &opts)?
@@ -265,6 +272,7 @@ impl Stage for IndexStage {
             "units": stats.units,
             "tokens": stats.tokens,
             "mv_bytes": index.mv_bytes(),
+            "vector_bytes": index.vector_bytes(),
             "dims": index.manifest().dim,
             "build_seconds": stats.total_seconds,
             "embed_seconds": stats.embed_seconds,
@@ -494,6 +502,16 @@ mod tests {
     fn dims_and_exclude_are_checked_and_keyed_when_written() {
         let plain = configured("").unwrap();
         assert!(plain.params.get("dims").is_none(), "{}", plain.params);
+        assert!(
+            plain.params.get("keep_vectors").is_none(),
+            "{}",
+            plain.params
+        );
+        let kept = configured("keep_vectors = true\n").unwrap();
+        assert_eq!(
+            kept.params.get("keep_vectors"),
+            Some(&serde_json::json!(true))
+        );
         let dims = configured("dims = 8\n").unwrap();
         assert_eq!(dims.params.get("dims").and_then(|v| v.as_u64()), Some(8));
         let err = configured("dims = 0\n").err().unwrap_or_default();
