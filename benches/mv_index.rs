@@ -5,16 +5,17 @@
 //!
 //!   cargo bench --bench mv_index -- [--units 10000] [--dim 128] [--queries 100]
 //!       [--qtokens 32] [--nbits 4] [--centroids K] [--nprobe 4] [--candidates 256] [--rerank 32]
-//!       [--keep-vectors] [--refine 0,32] [--topics 2048] [--spread 0.6] [--noise 0.3]
+//!       [--keep-vectors] [--topics 2048] [--spread 0.6] [--noise 0.3]
 //!       [--seed 0] [--exhaustive] [--index PATH]
 //!
 //! `--index PATH` keeps the built index there, and a later run with the same
 //! corpus flags opens it instead of building again (to try search settings).
 //! `--keep-vectors` also writes the full vectors (`PATH.f16`, f16) beside it,
-//! which `--refine` rescores the best reranked documents over.
+//! and every setting is then measured twice: reranked over those vectors, and
+//! over the decompressed codes.
 //!
-//! `--nprobe`, `--candidates`, `--rerank` and `--refine` take comma lists:
-//! every combination is measured on the same index.
+//! `--nprobe`, `--candidates` and `--rerank` take comma lists: every
+//! combination is measured on the same index.
 //!
 //! Documents have 20..=166 tokens (93 on average, as 10,000 Python stdlib units
 //! embedded with all-MiniLM-L6-v2 had). Ground truth uses every core (rayon).
@@ -40,7 +41,6 @@ struct Args {
     nprobe: Vec<usize>,
     candidates: Vec<usize>,
     rerank: Vec<usize>,
-    refine: Vec<usize>,
     keep_vectors: bool,
     exhaustive: bool,
     topics: usize,
@@ -69,7 +69,6 @@ fn parse_args() -> Result<Args> {
         nprobe: vec![4],
         candidates: vec![256],
         rerank: vec![32],
-        refine: vec![0],
         keep_vectors: false,
         exhaustive: false,
         topics: 2048,
@@ -103,7 +102,6 @@ fn parse_args() -> Result<Args> {
             "--nprobe" => a.nprobe = list(&value).with_context(bad)?,
             "--candidates" => a.candidates = list(&value).with_context(bad)?,
             "--rerank" => a.rerank = list(&value).with_context(bad)?,
-            "--refine" => a.refine = list(&value).with_context(bad)?,
             "--topics" => a.topics = value.parse().with_context(bad)?,
             "--spread" => a.spread = value.parse().with_context(bad)?,
             "--noise" => a.noise = value.parse().with_context(bad)?,
@@ -211,13 +209,16 @@ fn search(a: &Args, flat: &[f32], offsets: &[usize], index: MvIndex) -> Result<(
     for &nprobe in &a.nprobe {
         for &candidates in &a.candidates {
             for &rerank in &a.rerank {
-                for &refine in &a.refine {
+                for use_vectors in [true, false] {
+                    if use_vectors && !a.keep_vectors {
+                        continue;
+                    }
                     settings.push(SearchParams {
                         k: 10,
                         nprobe,
                         candidates,
                         rerank,
-                        refine,
+                        use_vectors,
                         exhaustive: false,
                         exhaustive_below: 0,
                     });
@@ -247,12 +248,17 @@ fn search(a: &Args, flat: &[f32], offsets: &[usize], index: MvIndex) -> Result<(
         }
         let (recall, margin) = mean_and_margin(&recalls);
         let l = Latency::of(&times);
+        let over = if p.use_vectors && index.has_vectors() {
+            "full vectors"
+        } else {
+            "decompressed codes"
+        };
         let label = if p.exhaustive {
-            "exhaustive (all decompressed tokens)".to_string()
+            format!("exhaustive (every document over its {over})")
         } else {
             format!(
-                "nprobe {} candidates {} rerank {} refine {}",
-                p.nprobe, p.candidates, p.rerank, p.refine
+                "nprobe {} candidates {} rerank {} over {over}",
+                p.nprobe, p.candidates, p.rerank
             )
         };
         println!(

@@ -315,10 +315,6 @@ fn index_and_search_outside_a_pipeline_update_incrementally() {
     let out = p.xtr(&["search", "x", "--index", "nowhere"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("is not an index"), "{}", stderr(&out));
-    // Refining needs the full vectors, which this index did not keep.
-    let out = p.xtr(&["search", "x", "--index", "idx", "--refine", "4"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("--keep-vectors"), "{}", stderr(&out));
 
     // Projected to 8 dimensions with one file excluded; the engine's settings as flags.
     let projected = p.json(&[
@@ -348,9 +344,31 @@ fn index_and_search_outside_a_pipeline_update_incrementally() {
     assert_eq!(manifest["vectors"], true, "{manifest}");
     let found = p.json(&[
         "search", "w17 w38", "--index", "idx8", "--mode", "semantic", "-k", "3", "--nprobe", "2",
-        "--rerank", "48", "--refine", "4",
+        "--rerank", "48",
     ]);
     assert_eq!(found["hits"].as_array().map(Vec::len), Some(3), "{found}");
+    // The same search reranked over the decompressed codes rather than the
+    // kept vectors: scores that differ by the codes' error.
+    let coded = p.json(&[
+        "search",
+        "w17 w38",
+        "--index",
+        "idx8",
+        "--mode",
+        "semantic",
+        "-k",
+        "3",
+        "--nprobe",
+        "2",
+        "--rerank",
+        "48",
+        "--decompressed",
+    ]);
+    assert_eq!(coded["hits"].as_array().map(Vec::len), Some(3), "{coded}");
+    assert_ne!(
+        coded["hits"][0]["score"], found["hits"][0]["score"],
+        "{coded} {found}"
+    );
     let out = p.xtr(&["search", "x", "--index", "idx8", "--rerank", "0"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }

@@ -45,9 +45,9 @@ pub struct IndexArgs {
     #[arg(long)]
     dims: Option<usize>,
     /// Keep every token's full vector (f16) beside the compressed codes, so
-    /// `search --refine` can rescore the best documents exactly: 2 bytes per
-    /// dimension per token more on disk (about 3.5 times the compressed
-    /// index at 128 dimensions), read only for the refined documents.
+    /// searches rerank over them, exactly, rather than over the decompressed
+    /// codes: 2 bytes per dimension per token more on disk (3.5 times the
+    /// compressed index at 128 dimensions), read only for reranked documents.
     #[arg(long)]
     keep_vectors: bool,
     /// Files not to index: a glob relative to each path (repeatable), e.g. 'test/**'.
@@ -87,11 +87,10 @@ pub struct SearchArgs {
     /// closer to exact MaxSim, slower).
     #[arg(long, default_value_t = SearchParams::default().rerank, value_parser = at_least_one())]
     rerank: usize,
-    /// Of the reranked documents, the best this many rescored over the full
-    /// vectors an index built with `--keep-vectors` holds (0: none) [default:
-    /// 32 where the index has them].
+    /// Rerank over the decompressed codes even where the index keeps its full
+    /// vectors (`index --keep-vectors`), as an index without them does.
     #[arg(long)]
-    refine: Option<usize>,
+    decompressed: bool,
     #[arg(long, value_enum, default_value_t = DeviceParam::Cpu)]
     device: DeviceParam,
     #[command(flatten)]
@@ -231,13 +230,6 @@ pub fn cmd_search(args: SearchArgs) -> Result<ExitCode, Failure> {
         )));
     }
     let index = Index::open(&index_dir(&args.index)?)?;
-    if args.refine.is_some_and(|n| n > 0) && !index.manifest().vectors {
-        return Err(Failure::Other(anyhow::anyhow!(
-            "--refine needs the full vectors, and {} keeps none; rebuild it with \
-             `xtr-pipe index ... --keep-vectors`, or leave --refine out",
-            index.dir().display()
-        )));
-    }
     let mode = match (args.mode, args.fusion) {
         (ModeArg::Semantic, _) => Mode::Semantic,
         (ModeArg::Bm25, _) => Mode::Bm25,
@@ -263,7 +255,7 @@ pub fn cmd_search(args: SearchArgs) -> Result<ExitCode, Failure> {
             nprobe: args.nprobe,
             candidates: args.candidates,
             rerank: args.rerank,
-            refine: args.refine.unwrap_or(SearchParams::default().refine),
+            use_vectors: !args.decompressed,
             ..SearchParams::default()
         },
         ..SearchOptions::default()

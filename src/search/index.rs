@@ -6,7 +6,7 @@
 //! token embeddings, document `i` being unit `i`) and, where the vectors were
 //! projected to fewer dimensions, `projection.safetensors` (queries go through
 //! the same matrix), and, where the build keeps them, `vectors.f16` (the
-//! full vectors, for refining the best few documents). It is built in a sibling
+//! full vectors, for an exact rerank). It is built in a sibling
 //! temporary directory and swapped in, so a failed build leaves the old index.
 //! [`Index::update`] re-embeds only units whose content hash is new, reusing the
 //! stored codes of the others under the existing codec (PLAID-style appends).
@@ -67,9 +67,9 @@ pub struct BuildOptions {
     /// compressed (fitted to the indexed tokens, [`Projection`]); `None`, or
     /// the model's own dimension, keeps them as they are.
     pub dims: Option<usize>,
-    /// Keep the full vectors (f16) beside the compressed ones, so searches can
-    /// refine their best documents exactly ([`SearchParams::refine`]): 2
-    /// bytes per dimension per token more on disk.
+    /// Keep the full vectors (f16) beside the compressed ones, so searches
+    /// rerank over them, exactly ([`SearchParams::use_vectors`]): 2 bytes per
+    /// dimension per token more on disk.
     pub keep_vectors: bool,
 }
 

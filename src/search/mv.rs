@@ -13,8 +13,8 @@
 //! its centroid, a table lookup), and the best `rerank` of those exactly over
 //! their decompressed tokens. Small indexes (or `exhaustive`) skip probing and
 //! score every document over all its decompressed tokens. Where the index keeps
-//! its full vectors ([`super::vectors`]), the best `refine` documents are
-//! scored once more over them, so the final order is exact MaxSim's.
+//! its full vectors ([`super::vectors`]), that last scoring is over them
+//! instead: exact MaxSim (up to f16 rounding), and faster than decompressing.
 //!
 //! The file opens with a header (magic, version, dimension, bit width and
 //! counts); its size must be exactly what the header implies, and every offset and
@@ -46,11 +46,9 @@ pub struct SearchParams {
     pub candidates: usize,
     /// The best of those re-scored exactly over their decompressed tokens (at least `k`).
     pub rerank: usize,
-    /// The best of those scored once more over the stored full vectors, where
-    /// the index keeps them (0: never). When it is at least `rerank`, the
-    /// decompressed scoring is skipped: the reranked documents are scored
-    /// over their full vectors directly.
-    pub refine: usize,
+    /// Where the index keeps its full vectors, score the reranked documents
+    /// over them rather than over their decompressed codes.
+    pub use_vectors: bool,
     /// Score every document over all its tokens (no probing).
     pub exhaustive: bool,
     /// Indexes of at most this many tokens are always searched exhaustively.
@@ -64,7 +62,7 @@ impl Default for SearchParams {
             nprobe: 4,
             candidates: 256,
             rerank: 32,
-            refine: 32,
+            use_vectors: true,
             exhaustive: false,
             exhaustive_below: 20_000,
         }
@@ -399,7 +397,7 @@ impl MvIndex {
     }
 
     /// Opens the full vectors kept beside the index (`vectors.f16`, written
-    /// by [`super::vectors::write`] from the same documents), for `refine`.
+    /// by [`super::vectors::write`] from the same documents), for the rerank.
     pub fn open_vectors(&mut self, path: &Path) -> Result<()> {
         self.vectors = Some(StoredVectors::open(path, self.codec.dim, self.n_tokens)?);
         Ok(())
@@ -522,36 +520,29 @@ impl MvIndex {
         Ok(self.rescore(query, best_k(by_centroids, rerank), p))
     }
 
-    /// The best `p.k` of `docs` by MaxSim over their decompressed tokens,
-    /// the best `p.refine` of those re-scored over the stored full vectors
-    /// where the index keeps them. When every document would be refined,
-    /// they are scored over their full vectors alone.
+    /// The best `p.k` of `docs` by MaxSim over all their tokens: the stored
+    /// full vectors where the index keeps them (and `p.use_vectors`), else
+    /// the decompressed codes.
     fn rescore(
         &self,
         query: &TokenVectors,
         docs: Vec<(u32, f32)>,
         p: &SearchParams,
     ) -> Vec<(u32, f32)> {
-        let full = |scored: Vec<(u32, f32)>, v: &StoredVectors| -> Vec<(u32, f32)> {
-            let exact = scored
+        let scored = match self.vectors.as_ref().filter(|_| p.use_vectors) {
+            Some(v) => docs
                 .into_iter()
                 .map(|(d, _)| {
                     let range = self.doc_offsets[d as usize]..self.doc_offsets[d as usize + 1];
                     (d, super::maxsim::maxsim(query, &v.rows(range)))
                 })
-                .collect();
-            best_k(exact, p.k)
-        };
-        let decompressed = |docs: Vec<(u32, f32)>| -> Vec<(u32, f32)> {
-            docs.into_iter()
+                .collect(),
+            None => docs
+                .into_iter()
                 .map(|(d, _)| (d, self.exact(query, d as usize)))
-                .collect()
+                .collect(),
         };
-        match self.vectors.as_ref().filter(|_| p.refine > 0) {
-            Some(v) if p.refine >= docs.len() => full(docs, v),
-            Some(v) => full(best_k(decompressed(docs), p.refine.max(p.k)), v),
-            None => best_k(decompressed(docs), p.k),
-        }
+        best_k(scored, p.k)
     }
 
     /// MaxSim with every token of `doc` standing as its centroid.
@@ -837,11 +828,11 @@ mod tests {
         assert!(recall >= 0.95, "recall@10 {recall}");
     }
 
-    /// With the full vectors beside it, the index's best documents carry
-    /// exact MaxSim scores (up to f16 rounding) on every search path; without
-    /// them, or with `refine = 0`, the decompressed scores, which are not.
+    /// With the full vectors beside it, the index's hits carry exact MaxSim
+    /// scores (up to f16 rounding) when probing and when exhaustive; without
+    /// them, or with `use_vectors` off, the decompressed scores, which are not.
     #[test]
-    fn refining_over_stored_vectors_gives_exact_maxsim() {
+    fn the_rerank_over_stored_vectors_is_exact_maxsim() {
         let dim = 32;
         let docs = synth::corpus(600, 8, 24, dim, 48, 0.35, 7);
         let queries = synth::queries(&docs, dim, 20, 8, 0.3, 9);
@@ -872,7 +863,7 @@ mod tests {
             }
             worst
         };
-        let before = worst(&index, &exhaustive);
+        let before = (worst(&index, &exhaustive), worst(&index, &probing));
         let before_hits = index.search(&queries[0].1, &probing).unwrap();
         assert!(!index.has_vectors() && index.stored_vectors(0).is_none());
 
@@ -881,13 +872,10 @@ mod tests {
         index.open_vectors(&path).unwrap();
         assert!(index.has_vectors());
         assert_eq!(index.stored_vectors(1).unwrap().len(), docs[1].len());
-        // Decompressed, then the best 32 refined (exhaustive), and the
-        // reranked documents scored over their vectors alone (probing:
-        // refine 32 = rerank 32).
-        let (refined, direct) = (worst(&index, &exhaustive), worst(&index, &probing));
-        assert!(before > 5e-3, "decompressed scores off by at most {before}");
-        assert!(refined < 2e-3 && direct < 2e-3, "{refined} {direct}");
-        // The exhaustive search now finds the exact top 10's scores.
+        let after = (worst(&index, &exhaustive), worst(&index, &probing));
+        assert!(before.0 > 5e-3 && before.1 > 5e-3, "{before:?}");
+        assert!(after.0 < 2e-3 && after.1 < 2e-3, "{after:?}");
+        // The exhaustive search now finds the exact top 10.
         for (_, q) in &queries {
             let hits = index.search(q, &exhaustive).unwrap();
             let truth = maxsim::top_k(q, docs.iter().map(|d| d.as_slice()), 10);
@@ -896,7 +884,7 @@ mod tests {
             }
         }
         let off = SearchParams {
-            refine: 0,
+            use_vectors: false,
             ..probing
         };
         assert_eq!(index.search(&queries[0].1, &off).unwrap(), before_hits);

@@ -1,11 +1,13 @@
 //! Full-precision token vectors kept beside the compressed index
-//! (`vectors.f16`), for the last step of a search: the best few documents of
-//! the decompressed rerank are scored once more over their stored vectors, so
-//! their order is exact MaxSim's (up to f16 rounding) rather than the 4-bit
-//! codes'. This is the refinement FAISS's `IndexRefine` and ScaNN's reordering
-//! make; it costs 2 bytes per dimension per token on disk (three and a half
-//! times the compressed index at 128 dimensions and 4 bits), of which a query
-//! reads only the refined documents' rows, contiguous in document order.
+//! (`vectors.f16`), for the last step of a search: the documents the codes
+//! put on top are reranked over their stored vectors, so their order is exact
+//! MaxSim's (up to f16 rounding) rather than the 4-bit codes'. This is the
+//! refinement FAISS's `IndexRefine` and ScaNN's reordering make; it costs 2
+//! bytes per dimension per token on disk (three and a half times the
+//! compressed index at 128 dimensions and 4 bits), of which a query reads
+//! only the reranked documents' rows, contiguous in document order (which
+//! also makes them faster to score than the codes, scattered over the
+//! cluster lists).
 //!
 //! The file is a 32-byte header (magic, version, dimension, token count) and
 //! then every token's vector as little-endian IEEE binary16, in document

@@ -83,11 +83,11 @@ pub struct Params {
     pub candidates: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerank: Option<usize>,
-    /// Of the reranked documents, the best this many rescored over the full
-    /// vectors, where the index keeps them (`keep_vectors`); 0: none. Default:
-    /// the engine's, 32.
+    /// Rerank over the index's full vectors where it keeps them
+    /// (`keep_vectors`), rather than over the decompressed codes. Default:
+    /// true; written as true, an index without them is an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refine: Option<usize>,
+    pub use_vectors: Option<bool>,
     #[serde(default = "default_query_tokens")]
     pub max_query_tokens: usize,
     /// The split of the `dataset` input ranked CodeSearchNet-style.
@@ -103,13 +103,13 @@ pub struct Params {
     pub compute: ComputeParams,
 }
 
-/// A `refine` written in the params needs an index that kept its vectors
-/// (the default one applies only where it did).
-fn check_refine(p: &Params, index: &Index) -> Result<()> {
-    if p.refine.is_some_and(|n| n > 0) && !index.manifest().vectors {
+/// `use_vectors = true` written in the params needs an index that kept its
+/// vectors (the default applies only where it did).
+fn check_use_vectors(p: &Params, index: &Index) -> Result<()> {
+    if p.use_vectors == Some(true) && !index.manifest().vectors {
         bail!(
-            "`refine` rescores over the index's full vectors, and this index keeps none: \
-             set keep_vectors = true on the index stage, or leave `refine` out"
+            "`use_vectors` reranks over the index's full vectors, and this index keeps none: \
+             set keep_vectors = true on the index stage, or leave `use_vectors` out"
         );
     }
     Ok(())
@@ -122,7 +122,7 @@ fn engine_params(p: &Params) -> SearchParams {
         nprobe: p.nprobe.unwrap_or(d.nprobe),
         candidates: p.candidates.unwrap_or(d.candidates),
         rerank: p.rerank.unwrap_or(d.rerank),
-        refine: p.refine.unwrap_or(d.refine),
+        use_vectors: p.use_vectors.unwrap_or(d.use_vectors),
         ..d
     }
 }
@@ -223,7 +223,7 @@ impl Stage for EvalStage {
     fn run(&self, ctx: &StageContext<'_>) -> Result<()> {
         let index = Index::open(&ctx.inputs.one("index")?.file(INDEX_DIR)?)?;
         let p = &self.params;
-        check_refine(p, &index)?;
+        check_use_vectors(p, &index)?;
         let opts = EvalOptions {
             modes: p.modes.clone(),
             search: SearchOptions {
@@ -365,19 +365,19 @@ mod tests {
         let params: Params = crate::stages::decode(&spec).unwrap();
         let mv = engine_params(&params);
         assert_eq!((mv.nprobe, mv.candidates, mv.rerank), (2, 256, 48));
-        assert_eq!(mv.refine, SearchParams::default().refine);
-        let refined = configured("refine = 0\n").unwrap();
+        assert!(mv.use_vectors);
+        let refined = configured("use_vectors = false\n").unwrap();
         assert_ne!(
             refined.params, plain.params,
-            "refine = 0 is a setting (off)"
+            "use_vectors = false is a setting"
         );
     }
 
-    /// A written `refine` is refused for an index without its full vectors
+    /// A written `use_vectors = true` is refused for an index without them
     /// (a pipeline must not silently measure without them); the default
     /// applies to either.
     #[test]
-    fn a_written_refine_needs_an_index_that_kept_its_vectors() {
+    fn use_vectors_written_needs_an_index_that_kept_its_vectors() {
         use crate::cancel::CancelToken;
         use crate::dataset::Lang;
         use crate::search::{collect, BuildOptions, CollectOptions, HashEmbedder, SourceRoot};
@@ -402,13 +402,13 @@ mod tests {
             let emb = HashEmbedder::new(8);
             let (index, _) =
                 Index::build(&dir, units.clone(), &emb, &opts, &CancelToken::new()).unwrap();
-            let written = check_refine(&params("refine = 8\n"), &index);
+            let written = check_use_vectors(&params("use_vectors = true\n"), &index);
             assert_eq!(written.is_ok(), keep_vectors, "{written:?}");
             if let Err(e) = written {
                 assert!(e.to_string().contains("keep_vectors = true"), "{e}");
             }
-            assert!(check_refine(&params(""), &index).is_ok());
-            assert!(check_refine(&params("refine = 0\n"), &index).is_ok());
+            assert!(check_use_vectors(&params(""), &index).is_ok());
+            assert!(check_use_vectors(&params("use_vectors = false\n"), &index).is_ok());
         }
     }
 }

@@ -102,9 +102,10 @@ pub struct Params {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dims: Option<usize>,
     /// Keep every token's full vector (f16) beside the compressed codes, so
-    /// searches rescore their best documents exactly (the search's and eval's
-    /// `refine`): 2 bytes per dimension per token more on disk, read only for
-    /// those documents. Default: false.
+    /// searches rerank their best documents over them, exactly, rather than
+    /// over the decompressed codes (eval's `use_vectors`): 2 bytes per
+    /// dimension per token more on disk, read only for those documents.
+    /// Default: false.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keep_vectors: bool,
     #[serde(default)]
