@@ -160,9 +160,7 @@ struct EvalStage {
 
 fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
     let params: Params = super::decode(spec)?;
-    if params.k == 0 {
-        return Err(param_error(spec, &["k"], "`k` must be at least 1"));
-    }
+    super::at_least_one(spec, "k", Some(params.k))?;
     if !["train", "eval", "test"].contains(&params.csn_split.as_str()) {
         return Err(param_error(
             spec,
@@ -185,13 +183,7 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
         ("candidates", params.candidates),
         ("rerank", params.rerank),
     ] {
-        if value == Some(0) {
-            return Err(param_error(
-                spec,
-                &[name],
-                format!("`{name}` must be at least 1"),
-            ));
-        }
+        super::at_least_one(spec, name, value)?;
     }
     if !(0.0..=1.0).contains(&params.semantic_weight) {
         return Err(param_error(

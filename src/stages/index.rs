@@ -145,10 +145,9 @@ fn configure(spec: &StageSpec) -> Result<Configured, ConfigError> {
     if ![2, 4].contains(&params.nbits) {
         return Err(param_error(spec, &["nbits"], "`nbits` must be 2 or 4"));
     }
-    if params.dims == Some(0) {
-        return Err(param_error(spec, &["dims"], "`dims` must be at least 1")
-            .with_help("leave `dims` out to keep the model's dimension, or set e.g. dims = 128"));
-    }
+    super::at_least_one(spec, "dims", params.dims).map_err(|e| {
+        e.with_help("leave `dims` out to keep the model's dimension, or set e.g. dims = 128")
+    })?;
     if params.model.is_none() && spec.needs.is_empty() {
         return Err(param_error(spec, &[], "index needs a model: none is named")
             .with_help("set `model = \"<directory>\"`, or add a merge stage to `needs`"));
@@ -489,7 +488,7 @@ mod tests {
         assert_eq!(one.params, two.params);
         assert_eq!(one.params, configured("gpus = \"all\"\n").unwrap().params);
         let err = configured("gpus = 0\n").err().unwrap_or_default();
-        assert!(err.contains("gpus must be at least 1"), "{err}");
+        assert!(err.contains("`gpus` must be at least 1"), "{err}");
         let err = configured("gpus = \"many\"\n").err().unwrap_or_default();
         assert!(
             err.contains("gpus must be a count or \"all\", not \"many\""),

@@ -213,6 +213,19 @@ pub fn param_error(
     )
 }
 
+/// The error for a count param written as 0, located where it was written.
+pub fn zero_count(spec: &StageSpec, name: &str) -> ConfigError {
+    param_error(spec, &[name], format!("`{name}` must be at least 1"))
+}
+
+/// Refuses a count param written as 0 (`None`: not written).
+pub fn at_least_one(spec: &StageSpec, name: &str, value: Option<usize>) -> Result<(), ConfigError> {
+    match value {
+        Some(0) => Err(zero_count(spec, name)),
+        _ => Ok(()),
+    }
+}
+
 /// Decode a stage's params into `P`, turning serde's errors into located ones.
 /// Unknown keys are refused with a suggestion, also inside `#[serde(flatten)]`
 /// parts (which serde cannot combine with `deny_unknown_fields`): every key

@@ -72,7 +72,7 @@ pub fn resolve_gpus(spec: &StageSpec, gpus: &Gpus, device: Resolved) -> Result<u
             &["gpus"],
             format!("gpus must be a count or \"all\", not \"{w}\""),
         )),
-        Gpus::Count(0) => Err(param_error(spec, &["gpus"], "gpus must be at least 1")),
+        Gpus::Count(0) => Err(super::zero_count(spec, "gpus")),
         Gpus::Count(n) if device == Resolved::Gpu && *n as usize > seen => Err(param_error(
             spec,
             &["gpus"],
