@@ -42,6 +42,14 @@ print(json.dumps({"run": name, "ranks": t["ranks"], "batch": t["config"]["batch_
 PY
 }
 "$bin" run "$pipe" --only dataset --json > /tmp/dataset.json 2>/tmp/dataset.err || cat /tmp/dataset.err
+# A throw-away warm-up run: on a fresh machine the first runs' steady rate is
+# 20-35% below the same run repeated (beyond MLX's kernel compile), which
+# would favour whatever runs later. WARMUP=0 skips it.
+if [ "${WARMUP:-1}" != 0 ]; then
+  warm=(); for s in ${EXTRA:-}; do warm+=(--set "train.$s"); done
+  "$bin" run "$pipe" --force train --set train.max_steps=20 "${warm[@]}" --json > /tmp/warmup.json 2> /tmp/warmup.err \
+    || { echo "warm-up run failed:"; tail -5 /tmp/warmup.err; }
+fi
 for b in ${BATCHES:-64 256}; do
   # EXTRA: more train settings for every run (e.g. "max_doc_tokens=64"); TAG names them.
   for g in ${GPUS:-1 2}; do one "b${b}-g${g}${TAG:-}" "batch_size=$b" "gpus=$g" ${EXTRA:-}; done
