@@ -286,14 +286,18 @@ fn offsets(bytes: &[u8], count: usize, total: usize, what: &str) -> Result<Vec<u
     Ok(v)
 }
 
+/// Maps one of an index's files, read-only.
+pub(crate) fn map_file(path: &Path) -> Result<Mmap> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: an index's files are only ever replaced by rename, never written
+    // in place, so the mapping's bytes do not change under us.
+    unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))
+}
+
 impl MvIndex {
     /// Opens and checks `path`.
     pub fn open(path: &Path) -> Result<MvIndex> {
-        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: the file is ours and only ever replaced by rename, never written
-        // in place, so the mapping's bytes do not change under us.
-        let map =
-            unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+        let map = map_file(path)?;
         Self::check(map)
             .with_context(|| format!("{} is not a valid multi-vector index", path.display()))
     }

@@ -76,11 +76,7 @@ impl StoredVectors {
     /// Opens `path`, which must hold `tokens` vectors of dimension `dim` (the
     /// index's counts).
     pub fn open(path: &Path, dim: usize, tokens: usize) -> Result<StoredVectors> {
-        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: the file is ours and only ever replaced by rename, never
-        // written in place, so the mapping's bytes do not change under us.
-        let map =
-            unsafe { Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+        let map = super::mv::map_file(path)?;
         Self::check(map, dim, tokens).with_context(|| {
             format!(
                 "{} is not the stored vectors of this index; rebuild the index",
