@@ -83,8 +83,9 @@ pub struct SearchArgs {
     /// Documents kept by approximate MaxSim for the exact rerank to choose from.
     #[arg(long, default_value_t = SearchParams::default().candidates, value_parser = at_least_one())]
     candidates: usize,
-    /// Documents scored exactly over their decompressed tokens (more: recall
-    /// closer to exact MaxSim, slower).
+    /// Documents scored over all their tokens, decompressed (or over the full
+    /// vectors, where the index keeps them): more brings recall closer to
+    /// exact MaxSim, at some latency.
     #[arg(long, default_value_t = SearchParams::default().rerank, value_parser = at_least_one())]
     rerank: usize,
     /// Rerank over the decompressed codes even where the index keeps its full

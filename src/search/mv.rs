@@ -44,7 +44,8 @@ pub struct SearchParams {
     pub nprobe: usize,
     /// The best documents by probing that are re-scored by centroid interaction.
     pub candidates: usize,
-    /// The best of those re-scored exactly over their decompressed tokens (at least `k`).
+    /// The best of those re-scored over all their tokens (decompressed, or the
+    /// stored full vectors with `use_vectors`); at least `k`.
     pub rerank: usize,
     /// Where the index keeps its full vectors, score the reranked documents
     /// over them rather than over their decompressed codes.
