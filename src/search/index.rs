@@ -359,7 +359,12 @@ impl Index {
                 Some(&i) => {
                     let (c, codes) = old.mv.doc_tokens(i);
                     encoded.push(&c, &codes);
-                    if let Some(v) = old.mv.stored_vectors(i).filter(|_| opts.keep_vectors) {
+                    if opts.keep_vectors {
+                        // (Asked of an index that kept none, the update rebuilt.)
+                        let v = old
+                            .mv
+                            .stored_vectors(i)
+                            .context("the index keeps no vectors")?;
                         full.extend_from_slice(&v);
                     }
                 }
