@@ -615,20 +615,26 @@ fn cmd_kinds(args: JsonFlag) -> Result<ExitCode, Failure> {
         print_json(&json!({"schema": 1, "kinds": kinds}))?;
         return Ok(ExitCode::SUCCESS);
     }
+    // "an index", "a merge": the article by the word's first letter.
+    let a = |word: &str| {
+        let vowel = word.starts_with(['a', 'e', 'i', 'o', 'u']);
+        format!("{} {word}", if vowel { "an" } else { "a" })
+    };
     for k in KINDS {
         println!("{:<10} v{}  {}", k.name, k.version, k.summary);
         for r in k.inputs {
             let from = if r.kinds.is_empty() {
                 "any stage".to_string()
             } else {
-                format!("a {} stage", r.kinds.join(" or "))
+                format!("{} stage", a(&r.kinds.join(" or ")))
             };
             let verb = match r.arity {
-                Arity::One => format!("needs a {}", r.role),
-                Arity::Optional => format!("may take a {}", r.role),
+                Arity::One => format!("needs the {}", r.role),
+                Arity::Optional => format!("may take the {}", r.role),
                 Arity::Many => format!("takes any number of {}s", r.role),
             };
-            println!("             {verb} from {from}");
+            let of = if r.arity == Arity::Many { "from" } else { "of" };
+            println!("             {verb} {of} {from}");
         }
         for o in k.outputs {
             println!("             makes {}: {}", o.file, o.what);

@@ -9,7 +9,7 @@
 //!   (MLX) plus 2/4-bit residuals, memory-mapped, searched by probing centroids,
 //!   scoring with missing-similarity imputation (WARP) and reranking exactly.
 //! - [`vectors`]: the full token vectors an index may keep beside the codes
-//!   (f16, memory-mapped) for a last exact rerank of the best few documents.
+//!   (f16, memory-mapped), for an exact rerank.
 //! - [`maxsim`]: exact MaxSim, the ground truth; [`fusion`]: RRF and weighted fusion.
 //! - [`embed`]: the [`Embedder`] seam (a real model, or a test fake).
 //! - [`index`]: [`Index`] ties them together: build, incremental update, open,

@@ -48,7 +48,7 @@ pub const KIND: Kind = Kind {
     outputs: &[
         Output {
             file: INDEX_DIR,
-            what: "the index: index.json, units.json, bm25/, mv.bin",
+            what: "the index: index.json, units.json, bm25/, mv.bin (and vectors.f16 with keep_vectors)",
         },
         Output {
             file: "metrics.json",
