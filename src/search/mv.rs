@@ -257,13 +257,15 @@ pub struct MvIndex {
     vectors: Option<StoredVectors>,
 }
 
-fn u32_at(bytes: &[u8], i: usize) -> u32 {
+/// The `i`-th little-endian u32 of `bytes`.
+pub(crate) fn u32_at(bytes: &[u8], i: usize) -> u32 {
     let mut b = [0u8; 4];
     b.copy_from_slice(&bytes[i * 4..i * 4 + 4]);
     u32::from_le_bytes(b)
 }
 
-fn u64_at(bytes: &[u8], i: usize) -> u64 {
+/// The `i`-th little-endian u64 of `bytes`.
+pub(crate) fn u64_at(bytes: &[u8], i: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&bytes[i * 8..i * 8 + 8]);
     u64::from_le_bytes(b)
@@ -422,7 +424,7 @@ impl MvIndex {
     pub fn stored_vectors(&self, doc: usize) -> Option<Vec<f32>> {
         let v = self.vectors.as_ref()?;
         Some(if doc < self.n_docs {
-            v.rows(self.doc_offsets[doc]..self.doc_offsets[doc + 1])
+            v.rows(self.tokens_of(doc))
         } else {
             Vec::new()
         })
@@ -450,6 +452,11 @@ impl MvIndex {
         self.map.len()
     }
 
+    /// Document `doc`'s tokens, as positions in document order (`doc` < `n_docs`).
+    fn tokens_of(&self, doc: usize) -> std::ops::Range<usize> {
+        self.doc_offsets[doc]..self.doc_offsets[doc + 1]
+    }
+
     fn list_doc(&self, pos: usize) -> u32 {
         u32_at(&self.map[self.layout.list_docs..], pos)
     }
@@ -465,7 +472,7 @@ impl MvIndex {
         let mut codes = Vec::new();
         if doc < self.n_docs {
             let positions = &self.map[self.layout.doc_tokens..self.layout.end];
-            for t in self.doc_offsets[doc]..self.doc_offsets[doc + 1] {
+            for t in self.tokens_of(doc) {
                 let pos = u32_at(positions, t) as usize;
                 centroids.push(self.doc_centroids[t]);
                 codes.extend_from_slice(self.codes(pos));
@@ -480,7 +487,7 @@ impl MvIndex {
             return Vec::new();
         }
         let dim = self.codec.dim;
-        let tokens = self.doc_offsets[doc]..self.doc_offsets[doc + 1];
+        let tokens = self.tokens_of(doc);
         let positions = &self.map[self.layout.doc_tokens..self.layout.end];
         // A document's codes lie scattered over the cluster lists: ask for
         // every token's line first, so the misses overlap instead of queueing.
@@ -538,8 +545,10 @@ impl MvIndex {
             Some(v) => docs
                 .into_iter()
                 .map(|(d, _)| {
-                    let range = self.doc_offsets[d as usize]..self.doc_offsets[d as usize + 1];
-                    (d, super::maxsim::maxsim(query, &v.rows(range)))
+                    (
+                        d,
+                        super::maxsim::maxsim(query, &v.rows(self.tokens_of(d as usize))),
+                    )
                 })
                 .collect(),
             None => docs
@@ -553,7 +562,7 @@ impl MvIndex {
     /// MaxSim with every token of `doc` standing as its centroid.
     fn centroid_score(&self, s: &Scorer, doc: usize) -> f32 {
         let mut best = vec![f32::NEG_INFINITY; s.nq];
-        for &c in &self.doc_centroids[self.doc_offsets[doc]..self.doc_offsets[doc + 1]] {
+        for &c in &self.doc_centroids[self.tokens_of(doc)] {
             let row = &s.qc_by_centroid[c as usize * s.nq..(c as usize + 1) * s.nq];
             for (b, &x) in best.iter_mut().zip(row) {
                 *b = b.max(x);

@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 use memmap2::Mmap;
 
 use super::maxsim::{f16_to_f32, f32_to_f16};
+use super::mv::{u32_at, u64_at};
 
 const MAGIC: &[u8; 8] = b"XTRVF16\0";
 const VERSION: u32 = 1;
@@ -92,16 +93,15 @@ impl StoredVectors {
                 map.len()
             );
         }
-        let word = |at: usize| u32::from_le_bytes([map[at], map[at + 1], map[at + 2], map[at + 3]]);
-        let version = word(8);
+        // After the magic: version and dimension (u32), then the token count (u64).
+        let version = u32_at(&map[8..], 0);
         if version != VERSION {
             bail!("format version {version}, this build reads {VERSION}");
         }
-        let (file_dim, file_tokens) = (word(12) as usize, {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&map[16..24]);
-            u64::from_le_bytes(b) as usize
-        });
+        let (file_dim, file_tokens) = (
+            u32_at(&map[8..], 1) as usize,
+            u64_at(&map[16..], 0) as usize,
+        );
         if (file_dim, file_tokens) != (dim, tokens) {
             bail!(
                 "it holds {file_tokens} vectors of dimension {file_dim}, the index {tokens} of dimension {dim}"
@@ -119,14 +119,6 @@ impl StoredVectors {
             );
         }
         Ok(StoredVectors { map, dim, tokens })
-    }
-
-    pub fn dim(&self) -> usize {
-        self.dim
-    }
-
-    pub fn tokens(&self) -> usize {
-        self.tokens
     }
 
     /// Bytes of the file.
