@@ -5,7 +5,7 @@
 //! table the hidden `rank` command dispatches on.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
@@ -46,6 +46,19 @@ pub const TIME_SYNC_ENV: &str = "XTR_PIPE_TIME_SYNC";
 /// Whether [`TIME_SYNC_ENV`] asks for the all-sum to be timed.
 pub fn time_sync() -> bool {
     std::env::var(TIME_SYNC_ENV).is_ok_and(|v| v == "1")
+}
+
+/// `DIR` makes a train stage (each of its ranks) write the host's timeline
+/// of every update to `DIR/train-rank{R}.jsonl`: what building and starting
+/// the update cost, and how long the host then waited for the device. For
+/// telling a host-bound run from a device-bound one; results are unchanged.
+pub const TRACE_ENV: &str = "XTR_PIPE_TRACE";
+
+/// The directory [`TRACE_ENV`] names, if set (and not empty).
+pub fn trace_dir() -> Option<PathBuf> {
+    std::env::var_os(TRACE_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
 }
 
 /// A test hook: `RANK:STEP` makes that rank abort, as a crashed rank would

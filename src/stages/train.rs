@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::compute::{Compute, ComputeParams, DeviceGuard};
 use super::ranks::{
-    abort_hook, job_device, launch_ranks, read_job, resolve_gpus, time_sync, without_gpus, Gpus,
-    RankLaunch, ABORT_ENV,
+    abort_hook, job_device, launch_ranks, read_job, resolve_gpus, time_sync, trace_dir,
+    without_gpus, Gpus, RankLaunch, ABORT_ENV,
 };
 use super::{param_error, Arity, Configured, Dep, InputRole, Kind, Output, Stage, StageContext};
 use crate::cancel::CancelToken;
@@ -154,10 +154,12 @@ impl Stage for TrainStage {
         let summary = if self.ranks > 1 {
             self.run_ranks(ctx, &pairs)?
         } else {
+            let trace = trace_dir();
             let paths = TrainPaths {
                 pairs: &pairs,
                 work_dir: &ctx.work_dir,
                 out_dir: &ctx.out_dir,
+                trace: trace.as_deref(),
             };
             let bar = progress::bar(ctx.stage, 0, "steps");
             let mut on_step = |r: &crate::train::checkpoint::StepRecord| {
@@ -291,10 +293,12 @@ pub fn run_rank(job: &Path, cancel: &CancelToken) -> Result<()> {
         time_sync: time_sync(),
     };
     let abort_at = abort_hook(group.rank())?;
+    let trace = trace_dir();
     let paths = TrainPaths {
         pairs: &job.pairs,
         work_dir: &job.work_dir,
         out_dir: &job.out_dir,
+        trace: trace.as_deref(),
     };
     let mut out = std::io::stdout();
     train(

@@ -8,6 +8,7 @@
 //! was never stopped. Outputs (see [`train`]): `adapters.safetensors`,
 //! `lora_config.json`, `metrics.parquet`, `train.json`, `metrics.json`.
 
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -159,6 +160,48 @@ pub struct TrainPaths<'a> {
     pub work_dir: &'a Path,
     /// The artifact's files.
     pub out_dir: &'a Path,
+    /// Where to write the host's timeline of every update
+    /// (`train-rank{R}.jsonl`, see [`TraceLine`]), when asked for.
+    pub trace: Option<&'a Path>,
+}
+
+/// One update in the host's timeline (milliseconds): what the host spent on
+/// it (its batches, and [`LaunchTimes`]'s pieces of building and starting it),
+/// how long it then waited for the device to finish it, and the update's
+/// period as the step log counts it. An update whose `land_ms` stays near zero
+/// was finished before the host asked: the host, not the device, set the pace.
+#[derive(Serialize)]
+struct TraceLine {
+    rank: usize,
+    step: u64,
+    data_ms: f64,
+    grads_ms: f64,
+    reduce_ms: f64,
+    update_ms: f64,
+    submit_ms: f64,
+    launch_ms: f64,
+    land_ms: f64,
+    period_ms: f64,
+}
+
+/// The open `train-rank{R}.jsonl` of [`TrainPaths::trace`].
+struct Trace(std::io::BufWriter<fs::File>);
+
+impl Trace {
+    fn open(dir: &Path, rank: usize) -> Result<Trace> {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("creating the trace directory {}", dir.display()))?;
+        let path = dir.join(format!("train-rank{rank}.jsonl"));
+        let file = fs::File::create(&path)
+            .with_context(|| format!("creating the trace {}", path.display()))?;
+        Ok(Trace(std::io::BufWriter::new(file)))
+    }
+
+    fn write(&mut self, line: &TraceLine) -> Result<()> {
+        serde_json::to_writer(&mut self.0, line)?;
+        writeln!(self.0)?;
+        Ok(())
+    }
 }
 
 /// What a finished run did (`train.json`).
@@ -302,6 +345,7 @@ pub fn train(
     // anything else is launched, so those see exactly its parameters.
     let mut flying: Option<Flying> = None;
     let mut last_landed = Instant::now();
+    let mut trace = paths.trace.map(|dir| Trace::open(dir, rank)).transpose()?;
     let validates_after = |step: u64| {
         step == total_steps || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every))
     };
@@ -322,7 +366,8 @@ pub fn train(
                 .filter(|i| i % size == rank)
                 .map(|i| Ok((i, micro_cache.batch(&stream, first + i as u64)?)))
                 .collect::<Result<Vec<(usize, Batch)>>>()?;
-            session.data_seconds += started.elapsed().as_secs_f64();
+            let data = started.elapsed().as_secs_f64();
+            session.data_seconds += data;
             let lr = schedule.lr(next);
             let shard = ranks.map(|r| Shard {
                 group: r.group,
@@ -330,6 +375,7 @@ pub fn train(
                 stop: cancel.is_cancelled(),
                 time_sync: r.time_sync,
             });
+            let launching = Instant::now();
             let flight = trainer
                 .launch(&mine, shard.as_ref(), lr, clip)
                 .with_context(|| stopped_at(next + 1, total_steps, &ckpt))?;
@@ -338,6 +384,8 @@ pub fn train(
                 first,
                 lr,
                 started,
+                data,
+                launch: launching.elapsed().as_secs_f64(),
                 boundary: validates_after(next + 1) || checkpoints_after(next + 1),
             })
         } else {
@@ -363,9 +411,12 @@ pub fn train(
             break;
         };
         flying = launched;
+        let times = done.flight.times();
+        let landing = Instant::now();
         let stats = trainer
             .land(done.flight)
             .with_context(|| stopped_at(run.step + 1, total_steps, &ckpt))?;
+        let land = landing.elapsed().as_secs_f64();
         stop_agreed |= stats.stop;
         if let Some(s) = stats.sync_seconds {
             *session.sync_seconds.get_or_insert(0.0) += s;
@@ -381,6 +432,21 @@ pub fn train(
         session.samples += stats.samples;
         run.train_seconds += seconds;
         run.step += 1;
+        if let Some(trace) = trace.as_mut() {
+            let ms = |s: f64| s * 1e3;
+            trace.write(&TraceLine {
+                rank,
+                step: run.step,
+                data_ms: ms(done.data),
+                grads_ms: ms(times.grads),
+                reduce_ms: ms(times.reduce),
+                update_ms: ms(times.update),
+                submit_ms: ms(times.submit),
+                launch_ms: ms(done.launch),
+                land_ms: ms(land),
+                period_ms: ms(seconds),
+            })?;
+        }
         let validate_now = validates_after(run.step);
         let checkpoint_now = checkpoints_after(run.step);
         if flying.is_none() {
@@ -483,6 +549,9 @@ struct Flying {
     lr: f32,
     /// When the host began it (fetching its batches).
     started: Instant,
+    /// Seconds spent fetching its batches, and building and starting it.
+    data: f64,
+    launch: f64,
     /// The run validates, checkpoints or ends after it.
     boundary: bool,
 }

@@ -379,6 +379,33 @@ pub struct UpdateStats {
 #[must_use = "an update's statistics must be landed"]
 pub struct InFlight(Flight);
 
+impl InFlight {
+    /// Where the host's time went while it built and started this update
+    /// (all zero for an eager update, which ran to its end).
+    pub fn times(&self) -> LaunchTimes {
+        match &self.0 {
+            Flight::Done(_) => LaunchTimes::default(),
+            Flight::Pending { times, .. } => *times,
+        }
+    }
+}
+
+/// The host's seconds in the pieces of a compiled update's launch: what
+/// `XTR_PIPE_TRACE` records per update, to tell the host's share of an
+/// update from the device's (MLX builds and encodes every kernel on the
+/// calling thread; `async_eval` returns once they are queued).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct LaunchTimes {
+    /// The micro-batches' forward/backward graphs, built and started.
+    pub grads: f64,
+    /// The loss totals and, with ranks, the all-sum and what surrounds it.
+    pub reduce: f64,
+    /// The norm, clip and AdamW graph.
+    pub update: f64,
+    /// Starting the update's evaluation.
+    pub submit: f64,
+}
+
 enum Flight {
     /// Evaluated already (the eager path).
     Done(UpdateStats),
@@ -389,6 +416,7 @@ enum Flight {
         total: Total,
         /// The state before it, restored if it turns out not finite.
         before: TrainerState,
+        times: LaunchTimes,
     },
 }
 
@@ -668,6 +696,7 @@ impl Trainer {
                 norm,
                 total,
                 before,
+                ..
             } => (count, norm, total, before),
         };
         mlx::eval([&norm, &total.tail])?;
@@ -700,12 +729,13 @@ impl Trainer {
         if let Some(fns) = self.accum.take() {
             let launched = self.accumulate_compiled(&fns, micro, &keys, shard, lr, clip);
             self.accum = Some(fns);
-            let (norm, total) = launched?;
+            let (norm, total, times) = launched?;
             return Ok(InFlight(Flight::Pending {
                 count,
                 norm,
                 total,
                 before,
+                times,
             }));
         }
         let mut sum: Option<Vec<Array>> = None;
@@ -771,7 +801,14 @@ impl Trainer {
         shard: Option<&Shard>,
         lr: f32,
         clip: Option<f32>,
-    ) -> Result<(Array, Total)> {
+    ) -> Result<(Array, Total, LaunchTimes)> {
+        let mut times = LaunchTimes::default();
+        let mut clock = Instant::now();
+        let mut lap = |into: &mut f64| {
+            let now = Instant::now();
+            *into += now.duration_since(clock).as_secs_f64();
+            clock = now;
+        };
         let n = self.params.len();
         let mut sum = fns.zeros.clone();
         let mut local = Local::default();
@@ -802,7 +839,9 @@ impl Trainer {
             local.add(out.next().context("the loss")?, batch)?;
             sum = out.collect();
         }
+        lap(&mut times.grads);
         let (sum, total) = local.reduce(sum, shard)?;
+        lap(&mut times.reduce);
         // The norm, the clip coefficient and AdamW are one graph, evaluated
         // once: no read-back of the norm between them (a host round trip per
         // update that a data-parallel rank, with less GPU work per update,
@@ -848,6 +887,7 @@ impl Trainer {
             "compiled update returned {} arrays",
             out.len()
         );
+        lap(&mut times.update);
         // The update's one evaluation (gradients, all-sum, norm and AdamW),
         // started here and waited for in `land`. The new state takes the old
         // one's place at once, unevaluated: the next update can be built on it.
@@ -858,7 +898,8 @@ impl Trainer {
         self.opt.v = out.collect();
         set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
         self.steps += 1;
-        Ok((norm, total))
+        lap(&mut times.submit);
+        Ok((norm, total, times))
     }
 
     /// Loss and in-batch accuracy on `batch` (dropout off, parameters unchanged).

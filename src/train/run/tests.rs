@@ -135,6 +135,7 @@ fn run(
         pairs: &s.pairs,
         work_dir: &work,
         out_dir: &out,
+        trace: None,
     };
     train(
         cfg,
@@ -146,6 +147,51 @@ fn run(
         &mut Vec::new(),
         on_step,
     )
+}
+
+#[test]
+fn a_trace_times_every_compiled_update_on_the_host() {
+    // 24 pairs, batches of 4, 2 per update, 2 epochs: 6 updates.
+    let s = setup(24, 8);
+    let cfg = TrainConfig {
+        compile: true,
+        ..config()
+    };
+    let dir = s.root.join("trace");
+    let paths = TrainPaths {
+        pairs: &s.pairs,
+        work_dir: &s.root.join("traced/work"),
+        out_dir: &s.root.join("traced/out"),
+        trace: Some(&dir),
+    };
+    let summary = train(
+        &cfg,
+        &s.model,
+        Dtype::Float32,
+        &paths,
+        None,
+        &CancelToken::new(),
+        &mut Vec::new(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(dir.join("train-rank0.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len() as u64, summary.steps);
+    for (i, line) in lines.iter().enumerate() {
+        let ms = |k: &str| line[k].as_f64().unwrap_or_else(|| panic!("{k} in {line}"));
+        assert_eq!(line["step"].as_u64(), Some(i as u64 + 1));
+        assert_eq!(line["rank"].as_u64(), Some(0));
+        // A compiled update builds its micro-batches' graphs on the host,
+        // and the launch holds its pieces.
+        assert!(ms("grads_ms") > 0.0, "{line}");
+        let pieces = ms("grads_ms") + ms("reduce_ms") + ms("update_ms") + ms("submit_ms");
+        assert!(pieces <= ms("launch_ms") + 1e-6, "{line}");
+        assert!(ms("land_ms") >= 0.0 && ms("period_ms") > 0.0, "{line}");
+    }
 }
 
 fn adapters(s: &Setup, name: &str) -> HashMap<String, Vec<u8>> {
@@ -356,6 +402,7 @@ fn a_tokenizer_larger_than_the_model_vocabulary_is_refused() {
         pairs: &s.pairs,
         work_dir: &tmp.path().join("work"),
         out_dir: &tmp.path().join("out"),
+        trace: None,
     };
     let err = train(
         &config(),
@@ -452,6 +499,7 @@ fn bench_train_loop_against_the_step() {
         pairs: Path::new(&pairs),
         work_dir: &work,
         out_dir: &out,
+        trace: None,
     };
     let (mut qlen, mut dlen, mut times) = (0usize, 0usize, Vec::new());
     let mut last = Instant::now();
