@@ -140,6 +140,10 @@ pub struct Trainer {
     compiled: Option<Compiled>,
     /// The compiled pieces of [`Trainer::accumulate_step`] (when compiling).
     accum: Option<AccumFns>,
+    /// The adapters and their moments as the compiled update last left them,
+    /// one flat vector each (`params`, `opt.m` and `opt.v` are views of it);
+    /// `None` once anything else has changed them.
+    flat: Option<Flat>,
     pub steps: u64,
 }
 
@@ -239,6 +243,7 @@ impl Trainer {
             key,
             compiled,
             accum,
+            flat: None,
             steps: 0,
         })
     }
@@ -317,6 +322,7 @@ impl Trainer {
             p.forward_backward += start.elapsed().as_secs_f64();
         }
         let opt_start = Instant::now();
+        self.flat = None;
         self.params = self.opt.update(&self.params, &grads, lr)?;
         mlx::eval(self.params.iter().chain(self.opt.state()).chain([&loss]))?;
         if let Some(p) = phases {
@@ -352,6 +358,7 @@ impl Trainer {
         mlx::eval(&out)?;
         let mut out = out.into_iter();
         let loss = out.next().context("the loss")?;
+        self.flat = None;
         self.params = out.by_ref().take(n).collect();
         self.opt.m = out.by_ref().take(n).collect();
         self.opt.v = out.collect();
@@ -783,6 +790,7 @@ impl Trainer {
                     .collect::<mlx::Result<Vec<_>>>()?;
             }
         }
+        self.flat = None;
         self.params = self.opt.update(&self.params, &grads, lr)?;
         mlx::eval(self.params.iter().chain(self.opt.state()))?;
         set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
@@ -790,9 +798,11 @@ impl Trainer {
         Ok(InFlight(Flight::Done(stats)))
     }
 
-    /// [`Trainer::accumulate_step`] through three compiled graphs: loss and
-    /// gradients added to a running sum (once per micro-batch), the norm of the
-    /// mean, and the scaled AdamW update.
+    /// [`Trainer::accumulate_step`] through two compiled graphs over flat
+    /// vectors ([`Flat`]): loss and gradients added to a running sum (once per
+    /// micro-batch), then the norm, the clip coefficient and AdamW. An update
+    /// is then a fixed handful of operations whatever the number of adapter
+    /// arrays, and the all-sum takes the sum as it is.
     fn accumulate_compiled(
         &mut self,
         fns: &AccumFns,
@@ -809,93 +819,75 @@ impl Trainer {
             *into += now.duration_since(clock).as_secs_f64();
             clock = now;
         };
-        let n = self.params.len();
+        let flat = match self.flat.take() {
+            Some(flat) => flat,
+            None => Flat {
+                p: fns.layout.join(&self.params)?,
+                m: fns.layout.join(&self.opt.m)?,
+                v: fns.layout.join(&self.opt.v)?,
+            },
+        };
         let mut sum = fns.zeros.clone();
         let mut local = Local::default();
         for (i, batch) in micro {
-            let mut inputs: Vec<Array> = self.params.iter().chain(&sum).cloned().collect();
-            inputs.extend([
+            let inputs = [
+                flat.p.clone(),
+                sum,
                 batch.query_ids.clone(),
                 batch.query_mask.clone(),
                 batch.doc_ids.clone(),
                 batch.doc_mask.clone(),
                 keys[*i].clone(),
-            ]);
+            ];
             let out = fns
                 .grads
                 .call(&inputs)
                 .context("compiled forward/backward")?;
-            anyhow::ensure!(
-                out.len() == 1 + n,
-                "compiled gradients returned {} arrays",
-                out.len()
-            );
             if micro.len() > 1 {
                 // Bound the graph (and memory) to one micro-batch, without
                 // waiting for it: the host builds the next one meanwhile.
                 mlx::async_eval(&out)?;
             }
-            let mut out = out.into_iter();
-            local.add(out.next().context("the loss")?, batch)?;
-            sum = out.collect();
+            let [loss, next]: [Array; 2] = out.try_into().map_err(|out: Vec<Array>| {
+                anyhow::anyhow!("compiled gradients returned {} arrays", out.len())
+            })?;
+            local.add(loss, batch)?;
+            sum = next;
         }
         lap(&mut times.grads);
-        let (sum, total) = local.reduce(sum, shard)?;
+        let (sum, total) = local.reduce(vec![sum], shard)?;
+        let sum = sum.into_iter().next().context("the gradient sum")?;
         lap(&mut times.reduce);
         // The norm, the clip coefficient and AdamW are one graph, evaluated
         // once: no read-back of the norm between them (a host round trip per
         // update that a data-parallel rank, with less GPU work per update,
         // cannot hide). The coefficient is the eager path's f32 arithmetic,
-        // `min(clip / (norm + 1e-6), 1)`, done on the device. A non-finite norm
-        // is noticed when the update lands, and the state before it restored.
-        let inv_n = 1.0 / keys.len() as f32;
-        let mut norm_in = sum.clone();
-        norm_in.push(Array::from_f32(inv_n));
-        let norm = fns
-            .norm
-            .call(&norm_in)?
-            .into_iter()
-            .next()
-            .context("the gradient norm")?
-            .as_dtype(mlx::Dtype::Float32)?;
-        let scale = match clip {
-            None => Array::from_f32(inv_n),
-            Some(max) => {
-                let coef = ops::minimum(
-                    ops::divide(
-                        Array::from_f32(max),
-                        ops::add(&norm, Array::from_f32(1e-6))?,
-                    )?,
-                    Array::from_f32(1.0),
-                )?;
-                ops::multiply(Array::from_f32(inv_n), coef)?
-            }
-        };
-        let mut inputs: Vec<Array> = self
-            .params
-            .iter()
-            .chain(&sum)
-            .chain(&self.opt.m)
-            .chain(&self.opt.v)
-            .cloned()
-            .collect();
-        inputs.push(scale);
+        // `min(clip / (norm + 1e-6), 1)`, done on the device; no clipping is
+        // a clip of infinity, whose coefficient is exactly 1. A non-finite
+        // norm is noticed when the update lands, and the state before it
+        // restored.
+        let mut inputs = vec![
+            flat.p,
+            sum,
+            flat.m,
+            flat.v,
+            Array::from_f32(1.0 / keys.len() as f32),
+            Array::from_f32(clip.unwrap_or(f32::INFINITY)),
+        ];
         inputs.extend(self.opt.next_scalars(lr));
         let out = fns.update.call(&inputs).context("compiled AdamW update")?;
-        anyhow::ensure!(
-            out.len() == 3 * n,
-            "compiled update returned {} arrays",
-            out.len()
-        );
+        let [p, m, v, norm]: [Array; 4] = out.try_into().map_err(|out: Vec<Array>| {
+            anyhow::anyhow!("compiled update returned {} arrays", out.len())
+        })?;
         lap(&mut times.update);
         // The update's one evaluation (gradients, all-sum, norm and AdamW),
         // started here and waited for in `land`. The new state takes the old
         // one's place at once, unevaluated: the next update can be built on it.
-        mlx::async_eval(out.iter().chain([&norm, &total.tail]))?;
-        let mut out = out.into_iter();
-        self.params = out.by_ref().take(n).collect();
-        self.opt.m = out.by_ref().take(n).collect();
-        self.opt.v = out.collect();
+        mlx::async_eval([&p, &m, &v, &norm, &total.tail])?;
+        self.params = fns.layout.split(&p)?;
+        self.opt.m = fns.layout.split(&m)?;
+        self.opt.v = fns.layout.split(&v)?;
+        self.flat = Some(Flat { p, m, v });
         set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
         self.steps += 1;
         lap(&mut times.submit);
@@ -982,6 +974,7 @@ impl Trainer {
             );
         }
         set_lora_params(&mut self.model.borrow_mut().encoder, &state.params)?;
+        self.flat = None;
         self.params = state.params;
         self.opt.m = state.adam_m;
         self.opt.v = state.adam_v;
@@ -1008,16 +1001,73 @@ fn global_norm(arrays: &[Array]) -> Result<f32> {
     })
 }
 
-/// The compiled pieces of an accumulated update, and zero gradients to start a sum.
+/// The adapters, their first and second moments: one flat f32 vector each,
+/// the arrays laid end to end in [`lora_params`] order ([`Layout`]).
+struct Flat {
+    p: Array,
+    m: Array,
+    v: Array,
+}
+
+/// Where each adapter array lies in a flat vector, and its shape and dtype.
+/// Folding the arrays into one vector makes the update's graph a few
+/// operations instead of a few per array: per update, MLX builds and encodes
+/// each operation on the host, and a data-parallel rank has only its own
+/// micro-batches to hide that behind.
+#[derive(Clone)]
+struct Layout {
+    shapes: Vec<Vec<i32>>,
+    dtypes: Vec<mlx::Dtype>,
+    len: i32,
+}
+
+impl Layout {
+    fn of(arrays: &[Array]) -> Layout {
+        Layout {
+            shapes: arrays.iter().map(|a| a.shape().to_vec()).collect(),
+            dtypes: arrays.iter().map(Array::dtype).collect(),
+            len: arrays.iter().map(|a| a.size() as i32).sum(),
+        }
+    }
+
+    /// The arrays (shaped as this layout says) as one f32 vector.
+    fn join(&self, arrays: &[Array]) -> mlx::Result<Array> {
+        let parts = arrays
+            .iter()
+            .map(|a| a.as_dtype(mlx::Dtype::Float32)?.reshape(&[-1]))
+            .collect::<mlx::Result<Vec<_>>>()?;
+        ops::concatenate_axis(&parts, 0)
+    }
+
+    /// The arrays of a flat vector, in their shapes and dtypes.
+    fn split(&self, flat: &Array) -> mlx::Result<Vec<Array>> {
+        let mut at = 0i32;
+        self.shapes
+            .iter()
+            .zip(&self.dtypes)
+            .map(|(shape, dtype)| {
+                let len = shape.iter().product::<i32>();
+                let part = ops::slice(flat, &[at], &[at + len], &[1])?
+                    .reshape(shape)?
+                    .as_dtype(*dtype);
+                at += len;
+                part
+            })
+            .collect()
+    }
+}
+
+/// The compiled pieces of an accumulated update over [`Flat`] vectors, and a
+/// zero gradient sum to start from.
 struct AccumFns {
-    /// `[params.., sum.., q_ids, q_mask, d_ids, d_mask, dropout_key]` -> `[loss, sum + grads..]`.
+    layout: Layout,
+    /// `[params, sum, q_ids, q_mask, d_ids, d_mask, dropout_key]` -> `[loss, sum + grads]`.
     grads: Compiled,
-    /// `[sum.., scale]` -> `[global L2 norm of scale * sum]`.
-    norm: Compiled,
-    /// `[params.., sum.., m.., v.., scale, decay, step_size, bias2]` -> `[params.., m.., v..]`,
-    /// AdamW on the gradient `scale * sum`.
+    /// `[params, sum, m, v, 1/n, clip, decay, step_size, bias2]` ->
+    /// `[params, m, v, norm]`: AdamW on the mean gradient `sum / n` scaled
+    /// to a global L2 norm of at most `clip`, and the norm before clipping.
     update: Compiled,
-    zeros: Vec<Array>,
+    zeros: Array,
 }
 
 fn compile_accum(
@@ -1025,7 +1075,7 @@ fn compile_accum(
     cfg: &StepConfig,
     params: &[Array],
 ) -> Result<AccumFns> {
-    let n = params.len();
+    let layout = Layout::of(params);
     let (loss_cfg, adamw, dropout) = (cfg.loss, cfg.adamw, cfg.train_dropout);
     let arity = |what: &str, got: usize, want: usize| -> mlx::Result<()> {
         if got == want {
@@ -1036,56 +1086,42 @@ fn compile_accum(
             )))
         }
     };
+    let split = layout.clone();
     let grads = move |inputs: &[Array]| -> mlx::Result<Vec<Array>> {
-        arity("gradients", inputs.len(), 2 * n + 5)?;
-        let (params, rest) = inputs.split_at(n);
-        let (sum, rest) = rest.split_at(n);
-        let batch = [&rest[0], &rest[1], &rest[2], &rest[3]];
-        let key = dropout.then_some(&rest[4]);
-        let (loss, grads) = loss_and_grads(&model, params, batch, key, &loss_cfg)?;
-        let mut out = vec![loss];
-        for (s, g) in sum.iter().zip(&grads) {
-            out.push(ops::add(s, g)?);
-        }
-        Ok(out)
-    };
-    let norm = move |inputs: &[Array]| -> mlx::Result<Vec<Array>> {
-        arity("norm", inputs.len(), n + 1)?;
-        let scale = &inputs[n];
-        let mut total: Option<Array> = None;
-        for s in &inputs[..n] {
-            let sq = ops::sum(ops::square(ops::multiply(s, scale)?)?, false)?;
-            total = Some(match total {
-                None => sq,
-                Some(t) => ops::add(t, sq)?,
-            });
-        }
-        Ok(vec![ops::sqrt(
-            total.unwrap_or_else(|| Array::from_f32(0.0)),
-        )?])
+        arity("gradients", inputs.len(), 7)?;
+        let params = split.split(&inputs[0])?;
+        let batch = [&inputs[2], &inputs[3], &inputs[4], &inputs[5]];
+        let key = dropout.then_some(&inputs[6]);
+        let (loss, grads) = loss_and_grads(&model, &params, batch, key, &loss_cfg)?;
+        Ok(vec![loss, ops::add(&inputs[1], split.join(&grads)?)?])
     };
     let update = move |inputs: &[Array]| -> mlx::Result<Vec<Array>> {
-        arity("update", inputs.len(), 4 * n + 4)?;
-        let (params, rest) = inputs.split_at(n);
-        let (sum, rest) = rest.split_at(n);
-        let (m, rest) = rest.split_at(n);
-        let (v, rest) = rest.split_at(n);
-        let grads = sum
-            .iter()
-            .map(|s| ops::multiply(s, &rest[0]))
-            .collect::<mlx::Result<Vec<_>>>()?;
-        let scalars = [rest[1].clone(), rest[2].clone(), rest[3].clone()];
-        let (p, m, v) = optim::apply(&adamw, params, &grads, m, v, &scalars)?;
-        Ok(p.into_iter().chain(m).chain(v).collect())
+        arity("update", inputs.len(), 9)?;
+        let (p, sum, m, v, inv_n, clip) = (
+            &inputs[0], &inputs[1], &inputs[2], &inputs[3], &inputs[4], &inputs[5],
+        );
+        let norm = ops::sqrt(ops::sum(ops::square(ops::multiply(sum, inv_n)?)?, false)?)?;
+        let coef = ops::minimum(
+            ops::divide(clip, ops::add(&norm, Array::from_f32(1e-6))?)?,
+            Array::from_f32(1.0),
+        )?;
+        let grad = ops::multiply(sum, ops::multiply(inv_n, coef)?)?;
+        let scalars = [inputs[6].clone(), inputs[7].clone(), inputs[8].clone()];
+        let (p, m, v) = optim::apply(
+            &adamw,
+            std::slice::from_ref(p),
+            &[grad],
+            std::slice::from_ref(m),
+            std::slice::from_ref(v),
+            &scalars,
+        )?;
+        Ok(p.into_iter().chain(m).chain(v).chain([norm]).collect())
     };
-    let zeros = params
-        .iter()
-        .map(|p| ops::zeros_dtype(p.shape(), p.dtype()))
-        .collect::<mlx::Result<Vec<_>>>()?;
-    mlx::eval(&zeros)?;
+    let zeros = ops::zeros_dtype(&[layout.len], mlx::Dtype::Float32)?;
+    mlx::eval([&zeros])?;
     Ok(AccumFns {
+        layout,
         grads: mlx::compile(grads, false)?,
-        norm: mlx::compile(norm, false)?,
         update: mlx::compile(update, false)?,
         zeros,
     })
@@ -1361,6 +1397,30 @@ mod tests {
             &host(&lora_params(&compiled.model().encoder)),
         );
         assert!(d < 1e-5, "the model's adapters differ by {d}");
+    }
+
+    #[test]
+    fn a_plain_step_between_accumulated_updates_is_not_lost() {
+        // The compiled accumulation keeps the adapters as flat vectors; a
+        // plain step in between changes them behind its back, and the next
+        // accumulation must start from the step's result, as eager does.
+        let (mut eager, mut compiled) = (trainer(false), trainer(true));
+        for t in [&mut eager, &mut compiled] {
+            t.accumulate_step(&[batch(), other_batch()], 1e-2, None)
+                .unwrap();
+            t.step(&other_batch(), None).unwrap();
+            t.accumulate_step(&[batch()], 1e-2, Some(0.05)).unwrap();
+        }
+        let d = max_diff(
+            &host(&eager.state().params),
+            &host(&compiled.state().params),
+        );
+        assert!(d < 1e-5, "params differ by {d}");
+        let d = max_diff(
+            &host(&eager.state().adam_v),
+            &host(&compiled.state().adam_v),
+        );
+        assert!(d < 1e-6, "second moments differ by {d}");
     }
 
     #[test]
