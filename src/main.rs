@@ -1,5 +1,6 @@
-fn main() -> std::process::ExitCode {
+fn main() {
     // Before anything touches MLX or BLAS (see the function's docs).
     xtr_pipe::mlx::quiet_blas_threads();
-    xtr_pipe::cli::main()
+    let status = xtr_pipe::cli::main();
+    xtr_pipe::mlx::exit(status)
 }

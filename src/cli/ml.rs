@@ -2,14 +2,12 @@
 //! family (train step, encoder throughput, CPU kernels). Thin: each parses its
 //! flags and calls one function of `model` or `train`.
 
-use std::process::ExitCode;
-
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use serde_json::json;
 use std::path::PathBuf;
 
-use super::{print_json, select_device, Failure, JsonFlag};
+use super::{print_json, select_device, ExitCode, Failure, JsonFlag};
 use crate::stages::compute::{DeviceParam, DtypeParam};
 use crate::train::bench::{BenchOptions, StepShape};
 

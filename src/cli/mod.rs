@@ -8,7 +8,6 @@ mod search;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -23,6 +22,22 @@ use crate::pipeline::{ConfigError, Override, Pipeline};
 const EXIT_CONFIG: u8 = 2;
 /// Exit status after Ctrl-C / SIGTERM.
 const EXIT_INTERRUPTED: u8 = 130;
+
+/// A command's exit status. `std::process::ExitCode` keeps its number to
+/// itself, and `main` needs it: see `xtr_pipe::mlx::exit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitCode(pub u8);
+
+impl ExitCode {
+    pub const SUCCESS: ExitCode = ExitCode(0);
+    pub const FAILURE: ExitCode = ExitCode(1);
+}
+
+impl From<u8> for ExitCode {
+    fn from(code: u8) -> ExitCode {
+        ExitCode(code)
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -219,7 +234,8 @@ impl From<PlanError> for Failure {
     }
 }
 
-pub fn main() -> ExitCode {
+/// Runs the command line; returns the exit status.
+pub fn main() -> u8 {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => cmd_run(args),
@@ -237,7 +253,7 @@ pub fn main() -> ExitCode {
         Command::Bench(command) => ml::bench(command),
         Command::Rank(args) => cmd_rank(args),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(Failure::Config(e)) => {
             eprintln!("error: {}", e.render());
@@ -247,7 +263,8 @@ pub fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    code.0
 }
 
 fn load(args: &PipelineArgs) -> Result<Pipeline, Failure> {

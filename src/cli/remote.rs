@@ -3,11 +3,10 @@
 //! `--no-remote` flags `run` and `status` share.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::Args;
 
-use super::{cancel_on_signals, print_json, Failure, JsonFlag};
+use super::{cancel_on_signals, print_json, ExitCode, Failure, JsonFlag};
 use crate::exec::remote::{self, RemoteCache, RemoteChoice, TransferReport};
 use crate::exec::{self, Progress, RunOptions, Workspace};
 use crate::pipeline::{ConfigError, Override};

@@ -3,14 +3,13 @@
 //! Thin: each parses its flags and calls `search`.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::builder::RangedU64ValueParser;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use super::{artifact_dir, model_dir, print_json, select_device, Failure, JsonFlag};
+use super::{artifact_dir, model_dir, print_json, select_device, ExitCode, Failure, JsonFlag};
 use crate::cancel::CancelToken;
 use crate::dataset::Lang;
 use crate::search::codec::CodecParams;

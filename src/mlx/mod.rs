@@ -49,6 +49,25 @@ pub fn blas_core() -> String {
     ffi::sys::blas_core()
 }
 
+/// Ends the process with `status` once stdout and stderr are flushed, without
+/// running C++ static destructors or `atexit` handlers: the way `xtr-pipe`
+/// leaves, once everything it writes is in place.
+///
+/// MLX's CUDA backend finishes work on threads of its own (completion
+/// handlers that free buffers and signal events); at exit they can meet
+/// objects that static destructors have already torn down, and a run that
+/// finished and wrote its report then dies of SIGSEGV, which a script, or the
+/// launcher of a rank, reads as a failure. MLX has closed such races one at a
+/// time (ml-explore/mlx#2424, #3167); leaving without the destructors closes
+/// them all. The operating system reclaims what they would have freed.
+pub fn exit(status: u8) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: `_exit` takes no pointers and does not return.
+    unsafe { libc::_exit(i32::from(status)) }
+}
+
 /// Makes OpenBLAS's idle threads sleep right after each call instead of
 /// spinning for ~0.1 s on a core that our kernels and MLX's stream thread need
 /// (worth ~7% of a CPU train step on two cores). Call once at start-up, before
