@@ -411,6 +411,11 @@ pub struct LaunchTimes {
     pub update: f64,
     /// Starting the update's evaluation.
     pub submit: f64,
+    /// Of the above, the compiled functions' calls alone: building the
+    /// update's graphs on the host, with no evaluation and so no wait for the
+    /// device in it. The same graphs every update, so it gauges how fast the
+    /// host runs, from run to run and rank to rank.
+    pub calls: f64,
 }
 
 enum Flight {
@@ -422,7 +427,7 @@ enum Flight {
         norm: Array,
         total: Total,
         /// The state before it, restored if it turns out not finite.
-        before: TrainerState,
+        before: Box<TrainerState>,
         times: LaunchTimes,
     },
 }
@@ -718,7 +723,7 @@ impl Trainer {
             });
         if stats.is_err() {
             // Back to the state before this update.
-            self.restore(before)?;
+            self.restore(*before)?;
         }
         stats
     }
@@ -741,7 +746,7 @@ impl Trainer {
                 count,
                 norm,
                 total,
-                before,
+                before: Box::new(before),
                 times,
             }));
         }
@@ -839,10 +844,12 @@ impl Trainer {
                 batch.doc_mask.clone(),
                 keys[*i].clone(),
             ];
+            let called = Instant::now();
             let out = fns
                 .grads
                 .call(&inputs)
                 .context("compiled forward/backward")?;
+            times.calls += called.elapsed().as_secs_f64();
             if micro.len() > 1 {
                 // Bound the graph (and memory) to one micro-batch, without
                 // waiting for it: the host builds the next one meanwhile.
@@ -875,7 +882,9 @@ impl Trainer {
             Array::from_f32(clip.unwrap_or(f32::INFINITY)),
         ];
         inputs.extend(self.opt.next_scalars(lr));
+        let called = Instant::now();
         let out = fns.update.call(&inputs).context("compiled AdamW update")?;
+        times.calls += called.elapsed().as_secs_f64();
         let [p, m, v, norm]: [Array; 4] = out.try_into().map_err(|out: Vec<Array>| {
             anyhow::anyhow!("compiled update returned {} arrays", out.len())
         })?;

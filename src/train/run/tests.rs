@@ -190,6 +190,7 @@ fn a_trace_times_every_compiled_update_on_the_host() {
         assert!(ms("grads_ms") > 0.0, "{line}");
         let pieces = ms("grads_ms") + ms("reduce_ms") + ms("update_ms") + ms("submit_ms");
         assert!(pieces <= ms("launch_ms") + 1e-6, "{line}");
+        assert!(ms("calls_ms") > 0.0 && ms("calls_ms") <= pieces, "{line}");
         assert!(ms("land_ms") >= 0.0 && ms("period_ms") > 0.0, "{line}");
     }
 }
