@@ -127,6 +127,18 @@ fn run(
     cancel: &CancelToken,
     on_step: &mut dyn FnMut(&StepRecord),
 ) -> Result<TrainSummary> {
+    run_traced(s, cfg, name, None, cancel, on_step)
+}
+
+/// [`run`], writing the host's timeline to `trace` when given.
+fn run_traced(
+    s: &Setup,
+    cfg: &TrainConfig,
+    name: &str,
+    trace: Option<&Path>,
+    cancel: &CancelToken,
+    on_step: &mut dyn FnMut(&StepRecord),
+) -> Result<TrainSummary> {
     let (work, out) = (
         s.root.join(name).join("work"),
         s.root.join(name).join("out"),
@@ -135,7 +147,7 @@ fn run(
         pairs: &s.pairs,
         work_dir: &work,
         out_dir: &out,
-        trace: None,
+        trace,
     };
     train(
         cfg,
@@ -158,20 +170,12 @@ fn a_trace_times_every_compiled_update_on_the_host() {
         ..config()
     };
     let dir = s.root.join("trace");
-    let paths = TrainPaths {
-        pairs: &s.pairs,
-        work_dir: &s.root.join("traced/work"),
-        out_dir: &s.root.join("traced/out"),
-        trace: Some(&dir),
-    };
-    let summary = train(
+    let summary = run_traced(
+        &s,
         &cfg,
-        &s.model,
-        Dtype::Float32,
-        &paths,
-        None,
+        "traced",
+        Some(&dir),
         &CancelToken::new(),
-        &mut Vec::new(),
         &mut |_| {},
     )
     .unwrap();
