@@ -736,9 +736,12 @@ impl Trainer {
         lr: f32,
         clip: Option<f32>,
     ) -> Result<InFlight> {
-        let before = self.state();
+        // A compiled update lands later and may have to be undone then; an
+        // eager one is checked before it is applied and needs no snapshot.
+        let before = self.accum.is_some().then(|| self.state());
         let keys = self.next_keys(count)?;
-        if let Some(fns) = self.accum.take() {
+        if let Some(before) = before {
+            let fns = self.accum.take().context("the compiled update")?;
             let launched = self.accumulate_compiled(&fns, micro, &keys, shard, lr, clip);
             self.accum = Some(fns);
             let (norm, total, times) = launched?;
