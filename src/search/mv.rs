@@ -22,7 +22,6 @@
 //! a panic.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -232,13 +231,7 @@ pub fn write(path: &Path, codec: &Codec, docs: &EncodedDocs) -> Result<()> {
         buf.extend_from_slice(&p.to_le_bytes());
     }
 
-    let tmp = path.with_extension("bin.tmp");
-    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(&buf)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.sync_all().ok();
-    std::fs::rename(&tmp, path).with_context(|| format!("publishing {}", path.display()))?;
-    Ok(())
+    crate::atomic::write(path, |out| out.write_all(&buf))
 }
 
 /// An open multi-vector index.

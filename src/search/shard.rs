@@ -12,7 +12,6 @@
 //! a near-equal share of tokens. Nothing about the result depends on the
 //! split: [`gather`] restores unit order.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -70,17 +69,7 @@ impl Shard {
         for v in &self.embedded.vectors {
             bytes.extend_from_slice(&v.to_le_bytes());
         }
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = path.with_file_name(format!(".{name}.tmp"));
-        let mut file =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("publishing {}", path.display()))
+        crate::atomic::write(path, |out| out.write_all(&bytes))
     }
 
     /// Reads a shard [`Shard::write`] wrote.

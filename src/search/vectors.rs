@@ -14,8 +14,6 @@
 //! order. Its size must be exactly what the header implies, and the header
 //! must agree with the index it is opened for.
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::ops::Range;
 use std::path::Path;
 
@@ -39,31 +37,22 @@ pub fn write(path: &Path, dim: usize, vectors: &[f32]) -> Result<()> {
         );
     }
     let tokens = (vectors.len() / dim) as u64;
-    let tmp = path.with_extension("f16.tmp");
-    let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut out = BufWriter::with_capacity(1 << 20, file);
-    let mut header = Vec::with_capacity(HEADER);
-    header.extend_from_slice(MAGIC);
-    header.extend_from_slice(&VERSION.to_le_bytes());
-    header.extend_from_slice(&(dim as u32).to_le_bytes());
-    header.extend_from_slice(&tokens.to_le_bytes());
-    header.resize(HEADER, 0);
-    out.write_all(&header)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    let mut bytes = Vec::with_capacity(dim * 2 * 1024);
-    for rows in vectors.chunks(dim * 1024) {
-        bytes.clear();
-        bytes.extend(rows.iter().flat_map(|&x| f32_to_f16(x).to_le_bytes()));
-        out.write_all(&bytes)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-    }
-    let file = out
-        .into_inner()
-        .map_err(|e| e.into_error())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    file.sync_all().ok();
-    std::fs::rename(&tmp, path).with_context(|| format!("publishing {}", path.display()))?;
-    Ok(())
+    crate::atomic::write(path, |out| {
+        let mut header = Vec::with_capacity(HEADER);
+        header.extend_from_slice(MAGIC);
+        header.extend_from_slice(&VERSION.to_le_bytes());
+        header.extend_from_slice(&(dim as u32).to_le_bytes());
+        header.extend_from_slice(&tokens.to_le_bytes());
+        header.resize(HEADER, 0);
+        out.write_all(&header)?;
+        let mut bytes = Vec::with_capacity(dim * 2 * 1024);
+        for rows in vectors.chunks(dim * 1024) {
+            bytes.clear();
+            bytes.extend(rows.iter().flat_map(|&x| f32_to_f16(x).to_le_bytes()));
+            out.write_all(&bytes)?;
+        }
+        Ok(())
+    })
 }
 
 /// An open `vectors.f16`, memory-mapped.

@@ -339,10 +339,8 @@ impl IndexStage {
         std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
         remove_shards(work)?;
         let units_path = work.join(RANK_UNITS);
-        let tmp = work.join(format!(".{RANK_UNITS}.tmp"));
-        std::fs::write(&tmp, serde_json::to_vec(&units)?)
-            .and_then(|()| std::fs::rename(&tmp, &units_path))
-            .with_context(|| format!("writing {}", units_path.display()))?;
+        let json = serde_json::to_vec(&units)?;
+        crate::atomic::write(&units_path, |out| out.write_all(&json))?;
         let job = RankJob {
             model: model_dir.to_path_buf(),
             max_doc_tokens: self.params.max_doc_tokens,

@@ -6,7 +6,6 @@
 //! the new one, never half of either.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
@@ -80,19 +79,7 @@ pub fn save(path: &Path, ckpt: &Checkpoint) -> Result<()> {
     let state = serde_json::to_string(&ckpt.run).context("serialising the run state")?;
     let meta = HashMap::from([(META_KEY.to_string(), state)]);
     let bytes = io::save_safetensors_bytes(tensors.iter().map(|(k, v)| (k, *v)), Some(meta))?;
-    let tmp = path.with_extension("safetensors.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent() {
-            // The rename itself durable too (best effort: not every filesystem allows it).
-            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-        }
-        Ok(())
-    };
-    write().with_context(|| format!("writing checkpoint {}", path.display()))
+    crate::atomic::write(path, |out| out.write_all(&bytes)).context("writing a checkpoint")
 }
 
 /// The checkpoint at `path`, or `None` when there is none.
