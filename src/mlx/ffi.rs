@@ -228,6 +228,7 @@ pub(crate) mod sys {
         // transforms
         fn eval(arrays: &ArrayVec) -> Result<()>;
         fn async_eval(arrays: &ArrayVec) -> Result<()>;
+        fn graph_ops(outputs: &ArrayVec) -> Result<String>;
         fn value_and_grad(
             fun: Box<Closure>,
             params: &ArrayVec,

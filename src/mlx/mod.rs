@@ -31,7 +31,9 @@ pub(crate) use device::gpu_test;
 pub use device::{gpu_is_available, synchronize, Device, DeviceInfo, DeviceType};
 pub use dtype::Dtype;
 pub use error::{Exception, Result};
-pub use transforms::{async_eval, compile, eval, value_and_grad, value_and_grad_argnums, Compiled};
+pub use transforms::{
+    async_eval, compile, eval, graph_ops, value_and_grad, value_and_grad_argnums, Compiled,
+};
 
 /// Which shared library provides the `cblas_sgemm` that MLX calls (the first
 /// definition in the process's global symbol lookup). On Linux this should be

@@ -3,12 +3,16 @@
 #include "xtr_mlx/src/mlx/shim.h"
 #include "xtr_mlx/src/mlx/ffi.rs.h"
 
+#include "mlx/primitives.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <dlfcn.h>
+#include <map>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <variant>
 
 namespace mx = mlx::core;
@@ -320,6 +324,34 @@ ArrayPtr scaled_dot_product_attention(const array &q, const array &k, const arra
 void eval(const ArrayVec &arrays) { mx::eval(arrays.items); }
 
 void async_eval(const ArrayVec &arrays) { mx::async_eval(arrays.items); }
+
+rust::String graph_ops(const ArrayVec &outputs) {
+  // Every operation evaluating `outputs` would run (the arrays not yet
+  // computed, siblings counted once), by primitive name.
+  std::unordered_map<std::uintptr_t, bool> seen;
+  std::map<std::string, size_t> counts;
+  std::vector<array> stack(outputs.items.begin(), outputs.items.end());
+  while (!stack.empty()) {
+    array a = stack.back();
+    stack.pop_back();
+    if (!a.has_primitive() || a.status() != array::Status::unscheduled) {
+      continue;
+    }
+    auto node = reinterpret_cast<std::uintptr_t>(&a.primitive());
+    if (!seen.emplace(node, true).second) {
+      continue;
+    }
+    counts[a.primitive().name()]++;
+    for (const auto &in : a.inputs()) {
+      stack.push_back(in);
+    }
+  }
+  std::ostringstream out;
+  for (const auto &[name, n] : counts) {
+    out << name << '\t' << n << '\n';
+  }
+  return rust::String(out.str());
+}
 
 VagOutput value_and_grad(rust::Box<Closure> fun, const ArrayVec &params,
                          rust::Slice<const int32_t> argnums) {

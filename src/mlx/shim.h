@@ -188,6 +188,7 @@ std::unique_ptr<ArrayVec> xtr_eigh(const array &a);
 // ---- transforms ----
 void eval(const ArrayVec &arrays);
 void async_eval(const ArrayVec &arrays);
+rust::String graph_ops(const ArrayVec &outputs);
 VagOutput value_and_grad(rust::Box<Closure> fun, const ArrayVec &params,
                          rust::Slice<const int32_t> argnums);
 std::unique_ptr<CompiledFn> compile(rust::Box<Closure> fun, bool shapeless);

@@ -573,3 +573,19 @@ fn eigh_gives_ascending_eigenvalues_and_their_vectors() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn graph_ops_counts_what_is_left_to_compute() {
+    let a = Array::from_slice(&[1f32, 2.0], &[2]).unwrap();
+    let b = Array::from_slice(&[3f32, 4.0], &[2]).unwrap();
+    let x = a.add(&b).unwrap();
+    let y = multiply(&x, &x).unwrap();
+    let z = y.add(&a).unwrap();
+    let ops = graph_ops([&z]).unwrap();
+    assert_eq!(ops, [("Add".to_string(), 2), ("Multiply".to_string(), 1)]);
+    // Once computed, nothing is left; an evaluated input is not counted again.
+    eval([&y]).unwrap();
+    assert_eq!(graph_ops([&z]).unwrap(), [("Add".to_string(), 1)]);
+    eval([&z]).unwrap();
+    assert!(graph_ops([&z]).unwrap().is_empty());
+}

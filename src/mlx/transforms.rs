@@ -115,6 +115,23 @@ pub fn async_eval<'a>(outputs: impl IntoIterator<Item = &'a Array>) -> Result<()
     Ok(sys::async_eval(&to_vec(&arrays))?)
 }
 
+/// The operations evaluating `outputs` would run (those not yet computed),
+/// counted by kind, most frequent first: on a GPU each is a kernel the host
+/// encodes, so their number is what a host-bound step pays for.
+pub fn graph_ops<'a>(outputs: impl IntoIterator<Item = &'a Array>) -> Result<Vec<(String, usize)>> {
+    let arrays: Vec<&Array> = outputs.into_iter().collect();
+    let text = sys::graph_ops(&to_vec(&arrays))?;
+    let mut ops: Vec<(String, usize)> = text
+        .lines()
+        .filter_map(|line| {
+            let (name, n) = line.rsplit_once('\t')?;
+            Some((name.to_string(), n.parse().ok()?))
+        })
+        .collect();
+    ops.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    Ok(ops)
+}
+
 /// Runs `f` on `params` and differentiates its first output (a scalar) with
 /// respect to every parameter: returns `(outputs, gradients)`, one gradient
 /// per parameter. Extra outputs are carried along undifferentiated.

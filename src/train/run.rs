@@ -189,9 +189,19 @@ struct TraceLine {
 struct Trace(std::io::BufWriter<fs::File>);
 
 impl Trace {
-    fn open(dir: &Path, rank: usize) -> Result<Trace> {
+    /// Opens the timeline, and writes `train-ops-rank{R}.tsv` beside it: the
+    /// operations of one micro-batch's forward/backward by kind (`ops`, from
+    /// [`Trainer::micro_batch_ops`]), the kernels a GPU's host encodes for it.
+    fn open(dir: &Path, rank: usize, ops: &[(String, usize)]) -> Result<Trace> {
         fs::create_dir_all(dir)
             .with_context(|| format!("creating the trace directory {}", dir.display()))?;
+        let total: usize = ops.iter().map(|(_, n)| n).sum();
+        let mut tsv = format!("# {total} operations in one micro-batch's forward/backward\n");
+        for (name, n) in ops {
+            tsv.push_str(&format!("{name}\t{n}\n"));
+        }
+        let path = dir.join(format!("train-ops-rank{rank}.tsv"));
+        fs::write(&path, tsv).with_context(|| format!("writing {}", path.display()))?;
         let path = dir.join(format!("train-rank{rank}.jsonl"));
         let file = fs::File::create(&path)
             .with_context(|| format!("creating the trace {}", path.display()))?;
@@ -346,7 +356,14 @@ pub fn train(
     // anything else is launched, so those see exactly its parameters.
     let mut flying: Option<Flying> = None;
     let mut last_landed = Instant::now();
-    let mut trace = paths.trace.map(|dir| Trace::open(dir, rank)).transpose()?;
+    let mut trace = match paths.trace {
+        Some(dir) => {
+            let first = micro_cache.batch(&stream, run.step * cfg.grad_accum as u64)?;
+            let ops = trainer.micro_batch_ops(&first)?;
+            Some(Trace::open(dir, rank, &ops)?)
+        }
+        None => None,
+    };
     let validates_after = |step: u64| {
         step == total_steps || (cfg.eval_every > 0 && step.is_multiple_of(cfg.eval_every))
     };

@@ -906,6 +906,49 @@ impl Trainer {
         Ok((norm, total, times))
     }
 
+    /// The operations one micro-batch's forward/backward on `batch` runs, by
+    /// kind (see [`mlx::graph_ops`]): the compiled graph when compiling, built
+    /// and dropped without being evaluated. On a GPU each is a kernel the
+    /// host encodes, which is what a host-bound update pays for.
+    pub fn micro_batch_ops(&mut self, batch: &Batch) -> Result<Vec<(String, usize)>> {
+        let key = random::split2(&self.key)?.0;
+        let out = match &self.accum {
+            Some(fns) => {
+                let p = match &self.flat {
+                    Some(flat) => flat.p.clone(),
+                    None => fns.layout.join(&self.params)?,
+                };
+                let inputs = [
+                    p,
+                    fns.zeros.clone(),
+                    batch.query_ids.clone(),
+                    batch.query_mask.clone(),
+                    batch.doc_ids.clone(),
+                    batch.doc_mask.clone(),
+                    key,
+                ];
+                fns.grads
+                    .call(&inputs)
+                    .context("compiled forward/backward")?
+            }
+            None => {
+                let inputs = [
+                    &batch.query_ids,
+                    &batch.query_mask,
+                    &batch.doc_ids,
+                    &batch.doc_mask,
+                ];
+                let key = self.cfg.train_dropout.then_some(&key);
+                let (loss, mut grads) =
+                    loss_and_grads(&self.model, &self.params, inputs, key, &self.cfg.loss)?;
+                set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
+                grads.push(loss);
+                grads
+            }
+        };
+        Ok(mlx::graph_ops(&out)?)
+    }
+
     /// Loss and in-batch accuracy on `batch` (dropout off, parameters unchanged).
     pub fn evaluate(&self, batch: &Batch) -> Result<EvalStats> {
         let model = self.model.borrow();

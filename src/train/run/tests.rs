@@ -179,6 +179,23 @@ fn a_trace_times_every_compiled_update_on_the_host() {
         &mut |_| {},
     )
     .unwrap();
+    // One micro-batch's operations by kind: the matmuls of the encoder's
+    // linear layers among them, and a total that adds up.
+    let ops = std::fs::read_to_string(dir.join("train-ops-rank0.tsv")).unwrap();
+    let counts: Vec<(&str, usize)> = ops
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let (name, n) = l.split_once('\t').unwrap();
+            (name, n.parse().unwrap())
+        })
+        .collect();
+    let total: usize = counts.iter().map(|(_, n)| n).sum();
+    assert!(ops.starts_with(&format!("# {total} operations")), "{ops}");
+    assert!(
+        counts.iter().any(|(name, n)| *name == "Matmul" && *n > 10),
+        "{ops}"
+    );
     let text = std::fs::read_to_string(dir.join("train-rank0.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
