@@ -358,8 +358,14 @@ pub fn train(
     let mut last_landed = Instant::now();
     let mut trace = match paths.trace {
         Some(dir) => {
-            let first = micro_cache.batch(&stream, run.step * cfg.grad_accum as u64)?;
-            let ops = trainer.micro_batch_ops(&first)?;
+            // The census of the next micro-batch (none when resuming a run
+            // that has no update left).
+            let ops = if run.step < total_steps {
+                let next = micro_cache.batch(&stream, run.step * cfg.grad_accum as u64)?;
+                trainer.micro_batch_ops(&next)?
+            } else {
+                Vec::new()
+            };
             Some(Trace::open(dir, rank, &ops)?)
         }
         None => None,

@@ -941,11 +941,12 @@ impl Trainer {
                 let key = self.cfg.train_dropout.then_some(&key);
                 let (loss, mut grads) =
                     loss_and_grads(&self.model, &self.params, inputs, key, &self.cfg.loss)?;
-                set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
                 grads.push(loss);
                 grads
             }
         };
+        // Differentiating put the tracers into the model: the adapters back.
+        set_lora_params(&mut self.model.borrow_mut().encoder, &self.params)?;
         Ok(mlx::graph_ops(&out)?)
     }
 
@@ -1476,6 +1477,24 @@ mod tests {
             &host(&compiled.state().adam_v),
         );
         assert!(d < 1e-6, "second moments differ by {d}");
+    }
+
+    #[test]
+    fn counting_a_micro_batch_leaves_the_trainer_as_it_was() {
+        for compile in [false, true] {
+            let mut t = trainer(compile);
+            t.accumulate_step(&[batch()], 1e-2, None).unwrap();
+            let before = t.evaluate(&batch()).unwrap();
+            // A shape not traced yet: counting it traces the compiled step.
+            let ops = t.micro_batch_ops(&other_batch()).unwrap();
+            assert!(
+                ops.iter().any(|(name, n)| name == "Matmul" && *n > 0),
+                "{ops:?}"
+            );
+            // The model holds its adapters again, not the tracers of the count.
+            assert_eq!(t.evaluate(&batch()).unwrap(), before);
+            assert_eq!(t.steps, 1);
+        }
     }
 
     #[test]

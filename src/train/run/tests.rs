@@ -214,6 +214,23 @@ fn a_trace_times_every_compiled_update_on_the_host() {
         assert!(ms("calls_ms") > 0.0 && ms("calls_ms") <= pieces, "{line}");
         assert!(ms("land_ms") >= 0.0 && ms("period_ms") > 0.0, "{line}");
     }
+    // Run again over the finished run's checkpoint: nothing is left to do,
+    // nor to count.
+    let again = run_traced(
+        &s,
+        &cfg,
+        "traced",
+        Some(&dir),
+        &CancelToken::new(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(again.resumed_from, Some(summary.steps));
+    let ops = std::fs::read_to_string(dir.join("train-ops-rank0.tsv")).unwrap();
+    assert_eq!(
+        ops,
+        "# 0 operations in one micro-batch's forward/backward\n"
+    );
 }
 
 fn adapters(s: &Setup, name: &str) -> HashMap<String, Vec<u8>> {
