@@ -170,15 +170,17 @@ fn a_trace_times_every_compiled_update_on_the_host() {
         ..config()
     };
     let dir = s.root.join("trace");
-    let summary = run_traced(
-        &s,
-        &cfg,
-        "traced",
-        Some(&dir),
-        &CancelToken::new(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let traced = || {
+        run_traced(
+            &s,
+            &cfg,
+            "traced",
+            Some(&dir),
+            &CancelToken::new(),
+            &mut |_| {},
+        )
+    };
+    let summary = traced().unwrap();
     // One micro-batch's operations by kind: the matmuls of the encoder's
     // linear layers among them, and a total that adds up.
     let ops = std::fs::read_to_string(dir.join("train-ops-rank0.tsv")).unwrap();
@@ -216,15 +218,7 @@ fn a_trace_times_every_compiled_update_on_the_host() {
     }
     // Run again over the finished run's checkpoint: nothing is left to do,
     // nor to count.
-    let again = run_traced(
-        &s,
-        &cfg,
-        "traced",
-        Some(&dir),
-        &CancelToken::new(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let again = traced().unwrap();
     assert_eq!(again.resumed_from, Some(summary.steps));
     let ops = std::fs::read_to_string(dir.join("train-ops-rank0.tsv")).unwrap();
     assert_eq!(
