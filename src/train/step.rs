@@ -838,15 +838,7 @@ impl Trainer {
         let mut sum = fns.zeros.clone();
         let mut local = Local::default();
         for (i, batch) in micro {
-            let inputs = [
-                flat.p.clone(),
-                sum,
-                batch.query_ids.clone(),
-                batch.query_mask.clone(),
-                batch.doc_ids.clone(),
-                batch.doc_mask.clone(),
-                keys[*i].clone(),
-            ];
+            let inputs = AccumFns::grads_inputs(flat.p.clone(), sum, batch, keys[*i].clone());
             let called = Instant::now();
             let out = fns
                 .grads
@@ -918,15 +910,7 @@ impl Trainer {
                     Some(flat) => flat.p.clone(),
                     None => fns.layout.join(&self.params)?,
                 };
-                let inputs = [
-                    p,
-                    fns.zeros.clone(),
-                    batch.query_ids.clone(),
-                    batch.query_mask.clone(),
-                    batch.doc_ids.clone(),
-                    batch.doc_mask.clone(),
-                    key,
-                ];
+                let inputs = AccumFns::grads_inputs(p, fns.zeros.clone(), batch, key);
                 fns.grads
                     .call(&inputs)
                     .context("compiled forward/backward")?
@@ -1124,6 +1108,21 @@ struct AccumFns {
     /// to a global L2 norm of at most `clip`, and the norm before clipping.
     update: Compiled,
     zeros: Array,
+}
+
+impl AccumFns {
+    /// The inputs of [`AccumFns::grads`], in its order.
+    fn grads_inputs(params: Array, sum: Array, batch: &Batch, key: Array) -> [Array; 7] {
+        [
+            params,
+            sum,
+            batch.query_ids.clone(),
+            batch.query_mask.clone(),
+            batch.doc_ids.clone(),
+            batch.doc_mask.clone(),
+            key,
+        ]
+    }
 }
 
 fn compile_accum(
