@@ -2,8 +2,8 @@
 //! of stages; each stage's output is stored under the blake3 hash of everything
 //! that determines it, so a run recomputes only what changed.
 //!
-//! Modules, each with one concern, lowest layer first: [`atomic`] (files
-//! written whole or not at all), [`cancel`] (cooperative cancellation),
+//! Modules, each with one concern, lowest layer first: [`affinity`] (binding
+//! processes to CPUs), [`atomic`] (files written whole or not at all), [`cancel`] (cooperative cancellation),
 //! [`progress`] (progress bars), [`pipeline`] (the TOML schema and DAG),
 //! [`store`] (content-addressed artifacts, history), [`mlx`] (our binding over
 //! MLX's C++ API), [`model`] (T5/BERT encoders, heads, LoRA, merge),
@@ -13,6 +13,7 @@
 //! (markdown and SVG rendering), [`stages`] (the built-in stage kinds),
 //! [`exec`] (planning and scheduling), [`cli`] (the commands).
 
+pub mod affinity;
 pub mod atomic;
 pub mod cancel;
 pub mod cli;

@@ -322,11 +322,26 @@ fn two_cpu_ranks_embed_the_index_one_process_builds_under_the_same_key() {
     let artifact =
         |r: &serde_json::Value| stage(r, "index")["artifact"].as_str().unwrap().to_string();
     let single = artifact(&one.json(&["run", "p.toml"]));
-    let report = two.json(&["run", "p.toml"]);
+    // Both ranks bound to the first CPU this test may use.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap();
+    let cpu = allowed.trim().split([',', '-']).next().unwrap();
+    let out = two
+        .command(&["run", "p.toml", "--json"])
+        .env("XTR_PIPE_CPU_BIND", format!("{cpu};{cpu}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let dual = artifact(&report);
     let log = std::fs::read_to_string(stage(&report, "index")["log"].as_str().unwrap()).unwrap();
     assert!(
-        log.contains("index: 2 ranks on the cpu with the ring backend"),
+        log.contains(&format!(
+            "index: 2 ranks on the cpu with the ring backend, on CPUs {cpu} / {cpu}"
+        )),
         "{log}"
     );
     assert!(

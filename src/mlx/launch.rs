@@ -35,6 +35,9 @@ pub struct Launch {
     pub backend: Backend,
     /// The GPU each rank sees (`CUDA_VISIBLE_DEVICES`), or `None` on the CPU.
     pub gpus: Option<Vec<String>>,
+    /// The CPUs each rank may run on (`ranks` lists), or `None` to leave
+    /// them to the scheduler.
+    pub cpus: Option<Vec<Vec<usize>>>,
     /// Where the ring backend's hostfile goes.
     pub scratch: PathBuf,
     /// Each rank's stdout and stderr, and a name for messages (`ranks` entries).
@@ -59,6 +62,14 @@ pub fn run(launch: Launch, cancelled: &dyn Fn() -> bool) -> Result<Ended> {
         launch.logs.len(),
         launch.ranks
     );
+    if let Some(cpus) = &launch.cpus {
+        anyhow::ensure!(
+            cpus.len() == launch.ranks,
+            "{} CPU lists for {} ranks",
+            cpus.len(),
+            launch.ranks
+        );
+    }
     let env = rank_env(&launch)?;
     let mut children: Vec<Child> = Vec::with_capacity(launch.ranks);
     for (rank, vars) in env.into_iter().enumerate() {
@@ -70,6 +81,9 @@ pub fn run(launch: Launch, cancelled: &dyn Fn() -> bool) -> Result<Ended> {
             .stdout(log.try_clone()?)
             .stderr(log.try_clone()?);
         die_with_parent(&mut cmd);
+        if let Some(cpus) = &launch.cpus {
+            crate::affinity::bind(&mut cmd, &cpus[rank])?;
+        }
         match cmd.spawn() {
             Ok(child) => children.push(child),
             Err(e) => {

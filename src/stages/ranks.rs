@@ -61,6 +61,58 @@ pub fn trace_dir() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// How rank processes are bound to CPUs: `cores` splits the CPUs this
+/// process may use into one share of whole cores per rank (hyperthreads of a
+/// core stay together); `none` leaves placement to the scheduler;
+/// `LIST;LIST;...` gives rank R the R-th CPU list (`0-7,16-23;8-15,24-31`),
+/// e.g. the CPUs near each rank's GPU on a host of several sockets. Unset
+/// means `none`: on the 2-GPU machines measured (BENCHMARKS.md) binding did
+/// not change the rate.
+pub const CPU_BIND_ENV: &str = "XTR_PIPE_CPU_BIND";
+
+/// Each rank's CPUs as [`CPU_BIND_ENV`] asks, or `None` for no binding.
+pub fn rank_cpus(ranks: usize) -> Result<Option<Vec<Vec<usize>>>> {
+    let setting = std::env::var(CPU_BIND_ENV).unwrap_or_default();
+    cpu_binding(&setting, ranks, || {
+        let cpus = crate::affinity::allowed()?;
+        Ok(crate::affinity::cores(&cpus, crate::affinity::sysfs_core))
+    })
+}
+
+/// [`rank_cpus`] for the setting `setting`, with `cores` giving the
+/// physical cores this process may use (asked only for `cores`). `cores`
+/// binds nothing when there are fewer cores than ranks.
+fn cpu_binding(
+    setting: &str,
+    ranks: usize,
+    cores: impl FnOnce() -> Result<Vec<Vec<usize>>>,
+) -> Result<Option<Vec<Vec<usize>>>> {
+    let setting = match setting.trim() {
+        "" => "none",
+        s => s,
+    };
+    match setting {
+        "none" => Ok(None),
+        "cores" => Ok(crate::affinity::split(&cores()?, ranks)),
+        lists => {
+            let cpus = lists
+                .split(';')
+                .map(crate::affinity::parse_list)
+                .collect::<Result<Vec<_>>>()
+                .with_context(|| {
+                    format!("{CPU_BIND_ENV}={lists}: expected none, cores or one CPU list per rank")
+                })?;
+            anyhow::ensure!(
+                cpus.len() == ranks,
+                "{CPU_BIND_ENV}={lists} gives {} CPU lists for {ranks} ranks; give one per rank \
+                 (separated by ;), or cores, or none",
+                cpus.len()
+            );
+            Ok(Some(cpus))
+        }
+    }
+}
+
 /// A test hook: `RANK:STEP` makes that rank abort, as a crashed rank would
 /// (`train`: right after update STEP; `index`: once its share is embedded,
 /// before its shard is written, whatever STEP).
@@ -151,6 +203,7 @@ pub fn launch_ranks<J: Serialize>(ctx: &StageContext<'_>, job: &RankLaunch<'_, J
     let n = job.ranks;
     let device = job.device;
     let backend = rank_backend(device)?;
+    let cpus = rank_cpus(n)?;
     std::fs::create_dir_all(&ctx.work_dir)
         .with_context(|| format!("creating {}", ctx.work_dir.display()))?;
     let job_path = ctx.work_dir.join("rank-job.json");
@@ -168,9 +221,19 @@ pub fn launch_ranks<J: Serialize>(ctx: &StageContext<'_>, job: &RankLaunch<'_, J
             .with_context(|| format!("creating {}", path.display()))?;
         logs.push((file, path.display().to_string()));
     }
+    let bound = match &cpus {
+        Some(cpus) => {
+            let lists: Vec<String> = cpus
+                .iter()
+                .map(|c| crate::affinity::format_list(c))
+                .collect();
+            format!(", on CPUs {}", lists.join(" / "))
+        }
+        None => String::new(),
+    };
     writeln!(
         ctx.log.try_clone()?,
-        "{}: {n} ranks on the {} with the {} backend",
+        "{}: {n} ranks on the {} with the {} backend{bound}",
         job.kind,
         device.name(),
         backend.name()
@@ -185,6 +248,7 @@ pub fn launch_ranks<J: Serialize>(ctx: &StageContext<'_>, job: &RankLaunch<'_, J
         ranks: n,
         backend,
         gpus: (device == Resolved::Gpu).then(visible_gpus),
+        cpus,
         scratch: ctx.work_dir.clone(),
         logs,
     };
@@ -249,5 +313,31 @@ pub fn entry(kind: &str) -> Option<Entry> {
         "train" => Some(super::train::run_rank),
         "index" => Some(super::index::run_rank),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_bind_as_the_setting_says() {
+        let four = || Ok(vec![vec![0, 4], vec![1, 5], vec![2, 6], vec![3, 7]]);
+        let halves = Some(vec![vec![0, 1, 4, 5], vec![2, 3, 6, 7]]);
+        // Unset: no binding.
+        assert_eq!(cpu_binding("", 2, four).unwrap(), None);
+        assert_eq!(cpu_binding("none", 2, four).unwrap(), None);
+        assert_eq!(cpu_binding("cores", 2, four).unwrap(), halves);
+        // Fewer cores than ranks: left to the scheduler.
+        assert_eq!(cpu_binding("cores", 5, four).unwrap(), None);
+        let lists = cpu_binding("0-1;7", 2, four).unwrap();
+        assert_eq!(lists, Some(vec![vec![0, 1], vec![7]]));
+        let err = cpu_binding("0-1", 2, four).unwrap_err().to_string();
+        assert!(err.contains("1 CPU lists for 2 ranks"), "{err}");
+        let err = format!("{:#}", cpu_binding("fast", 1, four).unwrap_err());
+        assert!(
+            err.contains("expected none, cores or one CPU list per rank"),
+            "{err}"
+        );
     }
 }
