@@ -26,6 +26,9 @@ const GRACE: Duration = Duration::from_secs(30);
 /// error can tell the rank that crashed from those its crash took down).
 const SETTLE: Duration = Duration::from_secs(2);
 
+/// What a [`Launch`] does to rank R's command before it starts.
+pub type Prepare = Box<dyn Fn(usize, &mut Command) -> Result<()>>;
+
 /// A distributed job: `ranks` copies of `program args`.
 pub struct Launch {
     pub program: PathBuf,
@@ -35,9 +38,9 @@ pub struct Launch {
     pub backend: Backend,
     /// The GPU each rank sees (`CUDA_VISIBLE_DEVICES`), or `None` on the CPU.
     pub gpus: Option<Vec<String>>,
-    /// The CPUs each rank may run on (`ranks` lists), or `None` to leave
-    /// them to the scheduler.
-    pub cpus: Option<Vec<Vec<usize>>>,
+    /// Called with each rank and its command before it starts (the caller's
+    /// settings beyond the environment, e.g. the CPUs it may run on).
+    pub prepare: Option<Prepare>,
     /// Where the ring backend's hostfile goes.
     pub scratch: PathBuf,
     /// Each rank's stdout and stderr, and a name for messages (`ranks` entries).
@@ -62,14 +65,6 @@ pub fn run(launch: Launch, cancelled: &dyn Fn() -> bool) -> Result<Ended> {
         launch.logs.len(),
         launch.ranks
     );
-    if let Some(cpus) = &launch.cpus {
-        anyhow::ensure!(
-            cpus.len() == launch.ranks,
-            "{} CPU lists for {} ranks",
-            cpus.len(),
-            launch.ranks
-        );
-    }
     let env = rank_env(&launch)?;
     let mut children: Vec<Child> = Vec::with_capacity(launch.ranks);
     for (rank, vars) in env.into_iter().enumerate() {
@@ -81,8 +76,8 @@ pub fn run(launch: Launch, cancelled: &dyn Fn() -> bool) -> Result<Ended> {
             .stdout(log.try_clone()?)
             .stderr(log.try_clone()?);
         die_with_parent(&mut cmd);
-        if let Some(cpus) = &launch.cpus {
-            crate::affinity::bind(&mut cmd, &cpus[rank])?;
+        if let Some(prepare) = &launch.prepare {
+            prepare(rank, &mut cmd)?;
         }
         match cmd.spawn() {
             Ok(child) => children.push(child),

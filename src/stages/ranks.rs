@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::compute::Resolved;
 use super::{param_error, Configured, StageContext};
+use crate::affinity;
 use crate::cancel::CancelToken;
 use crate::mlx::distributed::{self, Backend};
 use crate::mlx::launch::{self, Launch};
@@ -73,31 +74,25 @@ pub const CPU_BIND_ENV: &str = "XTR_PIPE_CPU_BIND";
 /// Each rank's CPUs as [`CPU_BIND_ENV`] asks, or `None` for no binding.
 pub fn rank_cpus(ranks: usize) -> Result<Option<Vec<Vec<usize>>>> {
     let setting = std::env::var(CPU_BIND_ENV).unwrap_or_default();
-    cpu_binding(&setting, ranks, || {
-        let cpus = crate::affinity::allowed()?;
-        Ok(crate::affinity::cores(&cpus, crate::affinity::sysfs_core))
-    })
+    cpu_binding(&setting, ranks, &affinity::allowed()?, affinity::sysfs_core)
 }
 
-/// [`rank_cpus`] for the setting `setting`, with `cores` giving the
-/// physical cores this process may use (asked only for `cores`). `cores`
-/// binds nothing when there are fewer cores than ranks.
+/// [`rank_cpus`] for the setting `setting`, among the CPUs `allowed` to this
+/// process, whose cores `core_of` names. `cores` binds nothing when there
+/// are fewer cores than ranks.
 fn cpu_binding(
     setting: &str,
     ranks: usize,
-    cores: impl FnOnce() -> Result<Vec<Vec<usize>>>,
+    allowed: &[usize],
+    core_of: impl Fn(usize) -> Option<(u32, u32)>,
 ) -> Result<Option<Vec<Vec<usize>>>> {
-    let setting = match setting.trim() {
-        "" => "none",
-        s => s,
-    };
-    match setting {
-        "none" => Ok(None),
-        "cores" => Ok(crate::affinity::split(&cores()?, ranks)),
+    match setting.trim() {
+        "" | "none" => Ok(None),
+        "cores" => Ok(affinity::split(&affinity::cores(allowed, core_of), ranks)),
         lists => {
             let cpus = lists
                 .split(';')
-                .map(crate::affinity::parse_list)
+                .map(affinity::parse_list)
                 .collect::<Result<Vec<_>>>()
                 .with_context(|| {
                     format!("{CPU_BIND_ENV}={lists}: expected none, cores or one CPU list per rank")
@@ -108,6 +103,12 @@ fn cpu_binding(
                  (separated by ;), or cores, or none",
                 cpus.len()
             );
+            if let Some(cpu) = cpus.iter().flatten().find(|c| !allowed.contains(c)) {
+                anyhow::bail!(
+                    "{CPU_BIND_ENV}={lists}: CPU {cpu} is not one this process may run on ({})",
+                    affinity::format_list(allowed)
+                );
+            }
             Ok(Some(cpus))
         }
     }
@@ -223,10 +224,7 @@ pub fn launch_ranks<J: Serialize>(ctx: &StageContext<'_>, job: &RankLaunch<'_, J
     }
     let bound = match &cpus {
         Some(cpus) => {
-            let lists: Vec<String> = cpus
-                .iter()
-                .map(|c| crate::affinity::format_list(c))
-                .collect();
+            let lists: Vec<String> = cpus.iter().map(|c| affinity::format_list(c)).collect();
             format!(", on CPUs {}", lists.join(" / "))
         }
         None => String::new(),
@@ -248,7 +246,9 @@ pub fn launch_ranks<J: Serialize>(ctx: &StageContext<'_>, job: &RankLaunch<'_, J
         ranks: n,
         backend,
         gpus: (device == Resolved::Gpu).then(visible_gpus),
-        cpus,
+        prepare: cpus.map(|cpus| -> launch::Prepare {
+            Box::new(move |rank, cmd| affinity::bind(cmd, &cpus[rank]))
+        }),
         scratch: ctx.work_dir.clone(),
         logs,
     };
@@ -322,19 +322,28 @@ mod tests {
 
     #[test]
     fn ranks_bind_as_the_setting_says() {
-        let four = || Ok(vec![vec![0, 4], vec![1, 5], vec![2, 6], vec![3, 7]]);
-        let halves = Some(vec![vec![0, 1, 4, 5], vec![2, 3, 6, 7]]);
+        // 8 CPUs, 4 cores; Linux numbers the second hyperthreads 4-7.
+        let all: Vec<usize> = (0..8).collect();
+        let bind = |setting: &str, ranks| {
+            cpu_binding(setting, ranks, &all, |cpu| Some((0, (cpu % 4) as u32)))
+        };
         // Unset: no binding.
-        assert_eq!(cpu_binding("", 2, four).unwrap(), None);
-        assert_eq!(cpu_binding("none", 2, four).unwrap(), None);
-        assert_eq!(cpu_binding("cores", 2, four).unwrap(), halves);
+        assert_eq!(bind("", 2).unwrap(), None);
+        assert_eq!(bind("none", 2).unwrap(), None);
+        let halves = vec![vec![0, 1, 4, 5], vec![2, 3, 6, 7]];
+        assert_eq!(bind("cores", 2).unwrap(), Some(halves));
         // Fewer cores than ranks: left to the scheduler.
-        assert_eq!(cpu_binding("cores", 5, four).unwrap(), None);
-        let lists = cpu_binding("0-1;7", 2, four).unwrap();
+        assert_eq!(bind("cores", 5).unwrap(), None);
+        let lists = bind("0-1;7", 2).unwrap();
         assert_eq!(lists, Some(vec![vec![0, 1], vec![7]]));
-        let err = cpu_binding("0-1", 2, four).unwrap_err().to_string();
+        let err = bind("0-1", 2).unwrap_err().to_string();
         assert!(err.contains("1 CPU lists for 2 ranks"), "{err}");
-        let err = format!("{:#}", cpu_binding("fast", 1, four).unwrap_err());
+        let err = bind("0;8", 2).unwrap_err().to_string();
+        assert!(
+            err.contains("CPU 8 is not one this process may run on (0-7)"),
+            "{err}"
+        );
+        let err = format!("{:#}", bind("fast", 1).unwrap_err());
         assert!(
             err.contains("expected none, cores or one CPU list per rank"),
             "{err}"
